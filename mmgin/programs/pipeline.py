@@ -1,0 +1,48 @@
+"""Several programs run one after another from one command (the example uses it)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gin
+
+from mmgin import config_record, dist
+from mmgin.programs.base import Program
+
+
+@gin.configurable
+class Pipeline(Program):
+    """Runs program classes in order, building each only when its turn comes.
+
+    Stages are bound without `()` (e.g. `Pipeline.stages = [@MakeExampleData, @Train]`), so a
+    later stage is constructed after the earlier ones have written what it reads (a training
+    stage opens the stores an extraction stage made). Use gin scopes for per-stage bindings:
+    `@video/ExtractVideoFeatures` reads `video/ExtractVideoFeatures.output_dir = ...`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path = gin.REQUIRED,
+        stages: Sequence[Callable[[], Program]] = gin.REQUIRED,
+    ):
+        super().__init__(output_dir)
+        if not stages:
+            raise ValueError("Pipeline.stages is empty; list the program classes to run")
+        for stage in stages:
+            if not callable(stage):
+                raise ValueError(f"Pipeline stage {stage!r} is not a program class; bind it as @Name")
+        self.stages = list(stages)
+
+    def run(self) -> None:
+        for index, make_stage in enumerate(self.stages, start=1):
+            name = getattr(make_stage, "__name__", repr(make_stage))
+            dist.log_main("pipeline stage %d/%d: %s", index, len(self.stages), name)
+            start = time.perf_counter()
+            stage = make_stage()
+            if dist.is_main() and getattr(stage, "output_dir", None) is not None:
+                config_record.write_operative(Path(stage.output_dir) / "operative_config.gin")
+            stage.run()
+            dist.barrier()
+            dist.log_main("pipeline stage %s done in %.1f s", name, time.perf_counter() - start)

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def example_workspace(tmp_path_factory) -> Path:
+    """Example media and their extracted stores (tiny encoders), built once per test session.
+
+    Layout: see mmgin.testing.example.build_example_workspace.
+    """
+    from mmgin.testing.example import build_example_workspace
+
+    return build_example_workspace(tmp_path_factory.mktemp("example_workspace"))
