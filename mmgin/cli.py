@@ -92,7 +92,9 @@ def parse(files: Sequence[str], params: Sequence[str], search_path: Sequence[str
         gin.finalize()
     except ValueError as e:
         raise ConfigError(_short(str(e))) from None
-    config_record.set_current(config_record.ParsedConfig(resolved, list(params)))
+    config_record.set_current(
+        config_record.ParsedConfig(resolved, list(params), [Path(p) for p in search_path])
+    )
 
 
 def _short(message: str) -> str:
