@@ -1,0 +1,1 @@
+"""Feature stores on disk, the datasets that read them, the mixture and the batch loader."""

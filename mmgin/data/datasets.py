@@ -1,0 +1,145 @@
+"""Training datasets over feature stores: one item per clip, batches gathered in one read.
+
+Item contract (what the trainer consumes): ``id`` (str), ``caption`` (str), ``a_mean`` and
+``a_std`` [L, C], ``clip_features`` [64, 1024], ``sync_features`` [192, 768], ``text_features``
+[77, 1024] (all float32 whatever the storage dtype), ``video_exist`` and ``text_exist`` (bool
+tensors). Audio-only items carry zero clip/sync features and ``video_exist`` False.
+
+``__getitems__`` returns a whole collated batch (the layout ``default_collate`` gives a list of
+items: stacked tensors, lists of strings), reading each feature with one sorted gather instead
+of per-item Python work; the loader uses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import gin
+import torch
+from torch.utils.data import Dataset
+
+from mmgin.data.store import TEXT_KEY, FeatureStore, StoreError
+
+CLIP_SEQ_LEN, CLIP_DIM = 64, 1024
+SYNC_SEQ_LEN, SYNC_DIM = 192, 768
+TEXT_SEQ_LEN, TEXT_DIM = 77, 1024
+
+
+def identity_collate(batch):
+    """The loader's collate function: `__getitems__` already returns a collated batch."""
+    return batch
+
+
+class ExtractedDataset(Dataset):
+    """Common part of the video and audio datasets: opens the store and checks its shapes."""
+
+    kind = ""
+
+    def __init__(
+        self,
+        store: str | Path | None = None,
+        *,
+        tsv: str | Path | None = None,
+        memmap_dir: str | Path | None = None,
+        name: str | None = None,
+        latent_seq_len: int | None = None,
+        clip_seq_len: int = CLIP_SEQ_LEN,
+        sync_seq_len: int = SYNC_SEQ_LEN,
+        text_seq_len: int = TEXT_SEQ_LEN,
+        clip_dim: int = CLIP_DIM,
+        sync_dim: int = SYNC_DIM,
+        text_dim: int = TEXT_DIM,
+    ):
+        if (store is None) == (memmap_dir is None):
+            raise ValueError(
+                f"{type(self).__name__}: give either store=<dir> (its tsv beside it) or "
+                "memmap_dir=<dir> with tsv=<file>, not both"
+            )
+        self.store = FeatureStore(memmap_dir, tsv) if store is None else FeatureStore.open(store)
+        self.name = name or self.store.memmap_dir.stem
+        if self.store.kind != self.kind:
+            raise StoreError(
+                f"{self.store.memmap_dir} is a {self.store.kind} store; use "
+                f"Extracted{self.store.kind.capitalize()}Dataset for it"
+            )
+        self.clip_shape = (clip_seq_len, clip_dim)
+        self.sync_shape = (sync_seq_len, sync_dim)
+        expected = {TEXT_KEY: (text_seq_len, text_dim)}
+        if self.kind == "video":
+            expected.update(clip_features=self.clip_shape, sync_features=self.sync_shape)
+        for key, shape in expected.items():
+            _check_shape(self.store, key, shape)
+        latent_shape = self.store.shape("mean")
+        if latent_seq_len is not None and latent_shape[0] != latent_seq_len:
+            raise StoreError(
+                f"{self.store.memmap_dir}: latents have length {latent_shape[0]}, expected "
+                f"{latent_seq_len}; was the store extracted for another mode or duration?"
+            )
+        self.latent_shape = latent_shape
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> dict:
+        batch = self.__getitems__([index])
+        return {k: (v[0]) for k, v in batch.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A collated batch of ``indices``, in ascending index order (one gather per feature)."""
+        order = torch.as_tensor(sorted(int(i) for i in indices), dtype=torch.int64)
+        features = self.store.read(order)
+        size = len(order)
+        batch = {
+            "id": [self.store.ids[i] for i in order.tolist()],
+            "caption": [self.store.captions[i] for i in order.tolist()],
+            "a_mean": features["mean"],
+            "a_std": features["std"],
+            "text_features": features[TEXT_KEY],
+            "text_exist": torch.ones(size, dtype=torch.bool),
+        }
+        if self.kind == "video":
+            batch["clip_features"] = features["clip_features"]
+            batch["sync_features"] = features["sync_features"]
+            batch["video_exist"] = torch.ones(size, dtype=torch.bool)
+        else:
+            batch["clip_features"] = torch.zeros((size,) + self.clip_shape)
+            batch["sync_features"] = torch.zeros((size,) + self.sync_shape)
+            batch["video_exist"] = torch.zeros(size, dtype=torch.bool)
+        return batch
+
+    def bytes_read(self, indices: Sequence[int]) -> int:
+        return self.store.bytes_read(torch.as_tensor(sorted(indices), dtype=torch.int64))
+
+
+def _check_shape(store: FeatureStore, key: str, expected: tuple[int, int]) -> None:
+    actual = store.shape(key)
+    if actual != tuple(expected):
+        raise StoreError(f"{store.memmap_dir}: {key} rows have shape {actual}, expected {expected}")
+
+
+@gin.configurable
+class ExtractedVideoDataset(ExtractedDataset):
+    """A video store (VGGSound-like): audio latents, CLIP and sync features, label text."""
+
+    kind = "video"
+
+
+@gin.configurable
+class ExtractedAudioDataset(ExtractedDataset):
+    """An audio-text store (AudioCaps, WavCaps, Clotho): latents and caption text only."""
+
+    kind = "audio"
+
+
+def collate_batches(batches: Sequence[dict]) -> dict:
+    """Concatenates collated batches (lists are joined, tensors concatenated)."""
+    if len(batches) == 1:
+        return batches[0]
+    out = {}
+    for key, value in batches[0].items():
+        if isinstance(value, torch.Tensor):
+            out[key] = torch.cat([b[key] for b in batches])
+        else:
+            out[key] = [x for b in batches for x in b[key]]
+    return out

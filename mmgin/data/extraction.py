@@ -1,0 +1,206 @@
+"""The part of every extraction program that is not about a particular encoder.
+
+Rows are cut into fixed global blocks of ``batch_size`` consecutive rows; block k belongs to
+rank k mod W. A block is always encoded as one batch (its rows that decoded), whatever the
+number of ranks and whether the run was resumed, so 1-process, N-process and interrupted runs
+write bit-identical stores. Media is decoded in DataLoader workers (a block per item, several
+blocks in flight), so the encoders never wait on decoding; a file that cannot be decoded is
+recorded with its reason and skipped, never stopping the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from absl import logging
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mmgin import dist
+from mmgin.data.store import StorePaths, is_complete
+from mmgin.data.store_writer import PENDING, Plan, StoreWriter, Summary
+from mmgin.media.errors import MediaError
+
+RowDecoder = Callable[[int], Mapping[str, torch.Tensor]]
+# Encodes a batch of decoded rows (stacked on the device) into per-row store features.
+BatchEncoder = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+TextEncoder = Callable[[list[str]], torch.Tensor]
+
+
+class BlockDataset(Dataset):
+    """Item k decodes block k (a list of row numbers) with ``decoder``; runs in workers.
+
+    An item is a dict (so DataLoader pins its tensors): ``rows`` (the rows that decoded),
+    ``batch`` (their tensors, stacked), ``failures`` ((row, reason, message) each) and
+    ``decode_seconds``.
+    """
+
+    def __init__(self, blocks: Sequence[Sequence[int]], decoder: RowDecoder):
+        self.blocks = [list(b) for b in blocks]
+        self.decoder = decoder
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict:
+        start = time.perf_counter()
+        rows, items, failures = [], [], []
+        for row in self.blocks[index]:
+            try:
+                items.append(self.decoder(row))
+                rows.append(row)
+            except MediaError as e:
+                failures.append((row, e.reason, str(e)))
+            except Exception as e:  # noqa: BLE001 - a bad file must never stop the extraction
+                failures.append((row, "decode_error", f"{type(e).__name__}: {e}"))
+        batch = {k: torch.stack([item[k] for item in items]) for k in items[0]} if items else {}
+        return {"rows": rows, "batch": batch, "failures": failures,
+                "decode_seconds": time.perf_counter() - start}
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage on this rank, for the throughput log and the benchmark."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    def text(self) -> str:
+        return ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.seconds.items()))
+
+
+def global_blocks(count: int, block_size: int) -> list[list[int]]:
+    return [list(range(s, min(s + block_size, count))) for s in range(0, count, block_size)]
+
+
+def rank_blocks(count: int, block_size: int, status: torch.Tensor, rank: int, world: int) -> list[list[int]]:
+    """This rank's blocks (k mod W == rank) that still have a pending row."""
+    mine = global_blocks(count, block_size)[rank::world]
+    return [b for b in mine if bool((status[b[0]:b[-1] + 1] == PENDING).any())]
+
+
+@dataclass
+class Extraction:
+    """One store being extracted: the plan, how to decode a row, how to encode features."""
+
+    store: Path
+    plan: Plan
+    decoder: RowDecoder
+    encode_batch: BatchEncoder
+    encode_text: TextEncoder
+    batch_size: int = 16
+    text_batch_size: int = 64
+    num_workers: int = 8
+    overwrite: bool = False
+    times: StageTimes = field(default_factory=StageTimes)
+
+    def run(self) -> Summary | None:
+        """Extracts this rank's share, then rank 0 finalises; returns the summary on rank 0."""
+        writer = StoreWriter(self.store, self.plan)
+        state = writer.prepare() if dist.is_main() else None
+        state = dist.broadcast_object(state)
+        dist.barrier()
+        if state != "finalizing":
+            if state == "resume":
+                dist.log_main("resuming the unfinished extraction in %s", writer.work)
+            rows, texts = writer.row_status(), writer.text_status()
+            if bool((rows == PENDING).any()) or bool((texts == PENDING).any()):
+                writer.open()
+                try:
+                    self._encode_texts(writer, texts)
+                    self._encode_rows(writer, rows)
+                finally:
+                    writer.close()
+        dist.barrier()
+        summary = writer.finalize(self.overwrite) if dist.is_main() else None
+        dist.barrier()
+        return summary
+
+    def _encode_texts(self, writer: StoreWriter, status: torch.Tensor) -> None:
+        blocks = rank_blocks(len(writer.captions), self.text_batch_size, status, dist.rank(), dist.world_size())
+        for block in blocks:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                features = self.encode_text([writer.captions[i] for i in block])
+            writer.write_text(block, features)
+            self.times.add("text", time.perf_counter() - start)
+
+    def _encode_rows(self, writer: StoreWriter, status: torch.Tensor) -> None:
+        blocks = rank_blocks(len(self.plan.rows), self.batch_size, status, dist.rank(), dist.world_size())
+        if not blocks:
+            return
+        device = dist.info().device
+        workers = min(self.num_workers, len(blocks))
+        loader = DataLoader(
+            BlockDataset(blocks, self.decoder),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        )
+        total = sum(len(b) for b in blocks)
+        progress = tqdm(total=total, unit="clip", disable=not dist.is_main(), desc=writer.paths.name)
+        done = 0
+        begin = last_log = time.perf_counter()
+        wait_start = time.perf_counter()
+        for block in loader:
+            self.times.add("wait_for_decode", time.perf_counter() - wait_start)
+            self.times.add("decode (workers)", block["decode_seconds"])
+            for row, reason, message in block["failures"]:
+                logging.warning("skipping %s: %s", self.plan.rows[row].source, message)
+                writer.fail_row(row, reason, message)
+            if block["rows"]:
+                batch = {k: v.to(device, non_blocking=True) for k, v in block["batch"].items()}
+                with torch.inference_mode():
+                    features = self.encode_batch(batch)
+                start = time.perf_counter()
+                writer.write_rows(block["rows"], {k: v.cpu() for k, v in features.items()})
+                self.times.add("write", time.perf_counter() - start)
+            count = len(block["rows"]) + len(block["failures"])
+            done += count
+            progress.update(count)
+            now = time.perf_counter()
+            if now - last_log > 30 or done == total:
+                rate = done / max(now - begin, 1e-9)
+                dist.log_main(
+                    "%s: %d/%d clips on this rank, %.2f clips/s per rank (~%.2f over %d ranks); %s",
+                    writer.paths.name, done, total, rate, rate * dist.world_size(),
+                    dist.world_size(), self.times.text(),
+                )
+                last_log = now
+            wait_start = time.perf_counter()
+        progress.close()
+
+
+def skip_if_complete(store: Path, overwrite: bool) -> bool:
+    """True (and logs) when a finished store exists and must not be rebuilt."""
+    if is_complete(store) and not overwrite:
+        dist.log_main("%s is already complete; nothing to do (set overwrite=True to rebuild)", store)
+        return True
+    return False
+
+
+def discard_empty_workdir(store: Path) -> None:
+    """Removes ``<name>.partial`` if it holds only the config files a Program writes."""
+    work = StorePaths(store).partial
+    if work.is_dir() and {p.name for p in work.iterdir()} <= {"config.gin", "operative_config.gin"}:
+        for path in work.iterdir():
+            path.unlink()
+        work.rmdir()
+
+
+def log_summary(store: Path, summary: Summary | None, seconds: float, times: StageTimes) -> None:
+    if summary is None:
+        return
+    paths = StorePaths(store)
+    logging.info(
+        "extraction of %s done in %.1f s: %s. Failure report: %s. Time (rank 0): %s",
+        store, seconds, summary.text(), paths.failures, times.text(),
+    )

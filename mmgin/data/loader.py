@@ -1,0 +1,183 @@
+"""Distributed, deterministic, resumable batch loading.
+
+Every epoch has one permutation of the whole dataset, drawn from a CPU generator seeded with
+``seed + epoch``, so every rank computes the same permutation without communicating. Rank r
+takes positions r, r + W, r + 2W, ... (W = world size) and cuts them into micro-batches; with
+``drop_last`` every rank gets the same number of full batches. The loader counts the batches
+it has handed out, so ``state_dict()`` saved at any step resumes at exactly the next batch.
+
+Batches are read by the dataset's ``__getitems__`` (one sorted gather per feature) in
+DataLoader workers that the parent builds (workers never parse gin), pinned and prefetched
+when CUDA is available.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import gin
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmgin import dist
+from mmgin.data.datasets import identity_collate
+
+
+def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) + int(epoch))
+    return torch.randperm(size, generator=generator)
+
+
+def rank_batches(
+    size: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool
+) -> list[list[int]]:
+    """The index lists of one rank's batches in one epoch (see the module docstring)."""
+    positions = epoch_permutation(size, seed, epoch)[rank::world_size]
+    if drop_last:
+        per_rank = (size // world_size) // batch_size * batch_size
+        positions = positions[:per_rank]
+    return [chunk.tolist() for chunk in positions.split(batch_size)] if len(positions) else []
+
+
+class _EpochBatchSampler:
+    """Yields this rank's batches of ``epoch`` from batch ``start`` on; mutated between epochs.
+
+    It runs in the main process (DataLoader sends its index lists to the workers), so the
+    loader can move it to another epoch or position while keeping persistent workers.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int, world_size: int, drop_last: bool):
+        self.args = (size, batch_size, seed)
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch, self.start = 0, 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != epoch:
+            size, batch_size, seed = self.args
+            self._cache = (epoch, rank_batches(size, batch_size, seed, epoch, self.rank,
+                                               self.world_size, self.drop_last))
+        return self._cache[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches(self.epoch)[self.start:])
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch)) - self.start
+
+
+def _seed_worker(worker_id: int) -> None:
+    """numpy and random get seeds derived from the worker's torch seed (set by DataLoader)."""
+    del worker_id
+    seed = torch.initial_seed() % 2**31
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@gin.configurable
+class DistributedBatchLoader:
+    """Iterates one rank's collated micro-batches of ``dataset``, epoch after epoch.
+
+    ``for batch in loader`` runs the rest of the current epoch and then moves to the next;
+    ``set_epoch(e)`` jumps to the start of epoch e (a no-op if already in epoch e, so a
+    resumed run may call it). ``rank``/``world_size`` default to the process group's.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 16,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 8,
+        drop_last: bool = True,
+        pin_memory: bool | None = None,
+        prefetch_factor: int = 2,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank = dist.rank() if rank is None else int(rank)
+        self.world_size = dist.world_size() if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.num_workers = int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.prefetch_factor = prefetch_factor
+        self.sampler = _EpochBatchSampler(
+            len(dataset), self.batch_size, self.seed, self.rank, self.world_size, drop_last
+        )
+        if drop_last and len(self) == 0:
+            raise ValueError(
+                f"{len(dataset)} samples over {self.world_size} ranks give no full batch of "
+                f"{self.batch_size}; lower the batch size or add data"
+            )
+        self._loader: DataLoader | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch already handed out."""
+        return self.sampler.start
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return len(self.sampler.batches(self.sampler.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.sampler.epoch:
+            self.sampler.epoch, self.sampler.start = int(epoch), 0
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.sampler.epoch,
+            "batches_done": self.sampler.start,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "dataset_size": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "batch_size", "world_size", "dataset_size"):
+            if state[key] != mine[key]:
+                raise ValueError(
+                    f"cannot resume the data position: {key} was {state[key]} and is now "
+                    f"{mine[key]}; the saved position only means the same batch in the same setup"
+                )
+        if not 0 <= state["batches_done"] <= len(self.sampler.batches(state["epoch"])):
+            raise ValueError(f"saved batches_done {state['batches_done']} is outside the epoch")
+        self.sampler.epoch, self.sampler.start = int(state["epoch"]), int(state["batches_done"])
+
+    def _data_loader(self) -> DataLoader:
+        if self._loader is None:
+            workers = self.num_workers > 0
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                num_workers=self.num_workers,
+                collate_fn=identity_collate,
+                pin_memory=self.pin_memory,
+                worker_init_fn=_seed_worker if workers else None,
+                generator=torch.Generator().manual_seed(self.seed + 1000 * self.rank),
+                persistent_workers=workers,
+                prefetch_factor=self.prefetch_factor if workers else None,
+            )
+        return self._loader
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.sampler.start >= len(self):  # the epoch was consumed without ending the loop
+            self.sampler.epoch, self.sampler.start = self.sampler.epoch + 1, 0
+        for batch in self._data_loader():
+            self.sampler.start += 1
+            yield batch
+        self.sampler.epoch, self.sampler.start = self.sampler.epoch + 1, 0

@@ -1,0 +1,249 @@
+"""Feature stores: a TensorDict memmap directory plus a sibling tsv, one row per clip.
+
+Layout on disk (the reference layout, so stores move between the reference and mmgin)::
+
+    <parent>/<name>/meta.json            written by tensordict (keys, shapes, dtypes)
+    <parent>/<name>/<key>.memmap         raw row-major tensor data, one file per key
+    <parent>/<name>.tsv                  row i of every memmap belongs to tsv row i
+    <parent>/<name>.failures.tsv         written by mmgin's extractors: id, path, reason
+
+Video stores hold ``mean``, ``std`` (VAE posterior, [N, L, C]), ``clip_features`` [N, 64, 1024],
+``sync_features`` [N, 192, 768] and ``text_features`` [N, 77, 1024] with tsv columns id, label;
+audio stores hold ``mean``, ``std`` and ``text_features`` with columns id, caption.
+
+Beyond the reference, mmgin can store clip/sync/text features in bfloat16 and keep the text
+features as a table of distinct captions (``text_table`` [U, 77, 1024] + ``text_index`` [N]):
+VGGSound has ~310 labels for ~180k clips, so this cuts the bytes read per sample by more than
+half. The reader accepts every layout and always returns float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+from mmgin.data import tsv as tsv_io
+
+VIDEO_COLUMNS = ("id", "label")
+AUDIO_COLUMNS = ("id", "caption")
+LATENT_KEYS = ("mean", "std")
+VIDEO_FEATURE_KEYS = ("clip_features", "sync_features")
+TEXT_KEY = "text_features"
+TEXT_TABLE_KEY = "text_table"
+TEXT_INDEX_KEY = "text_index"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class StoreError(ValueError):
+    """A store that cannot be read as asked; the message names the files involved."""
+
+
+@dataclass(frozen=True)
+class StoreFormat:
+    """How a writer lays out a store.
+
+    ``feature_dtype`` applies to clip, sync and text features (the VAE ``mean``/``std`` are
+    always float32, because training samples latents from them). ``dedup_text`` stores one text
+    feature per distinct caption plus an index per row. ``StoreFormat.reference()`` is the
+    reference's layout (float32, a text feature per row), readable by the reference trainer.
+    """
+
+    feature_dtype: str = "bfloat16"
+    dedup_text: bool = True
+
+    def __post_init__(self) -> None:
+        if self.feature_dtype not in DTYPES:
+            raise ValueError(f"feature_dtype={self.feature_dtype!r}; use one of {sorted(DTYPES)}")
+
+    @classmethod
+    def reference(cls) -> "StoreFormat":
+        return cls("float32", False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.feature_dtype]
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    """Where a store named by its directory keeps its files."""
+
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def tsv(self) -> Path:
+        # The reference names the table after the directory's stem, beside the directory.
+        return self.directory.parent / f"{self.directory.stem}.tsv"
+
+    @property
+    def partial(self) -> Path:
+        return self.directory.parent / f"{self.directory.name}.partial"
+
+    @property
+    def failures(self) -> Path:
+        return self.directory.parent / f"{self.directory.stem}.failures.tsv"
+
+
+def is_complete(directory: str | Path) -> bool:
+    """True when a finished store (directory with meta.json, and its tsv) exists."""
+    paths = StorePaths(Path(directory))
+    return (paths.directory / "meta.json").is_file() and paths.tsv.is_file()
+
+
+class FeatureStore:
+    """Read access to one store, in any layout; rows come back as float32 tensors.
+
+    The memmaps are opened lazily in each process (DataLoader workers included) and are never
+    copied into RAM: a batch read gathers only its rows.
+    """
+
+    def __init__(self, memmap_dir: str | Path, tsv: str | Path | None = None):
+        self.memmap_dir = Path(memmap_dir)
+        self.tsv_path = Path(tsv) if tsv is not None else StorePaths(self.memmap_dir).tsv
+        self._check_exists()
+        self._td: TensorDict | None = None
+        td = self._tensors()
+        self.keys = tuple(sorted(td.keys()))
+        self.kind = "video" if "clip_features" in self.keys else "audio"
+        columns = VIDEO_COLUMNS if self.kind == "video" else AUDIO_COLUMNS
+        rows = tsv_io.read_table(self.tsv_path, required=columns)
+        self.ids = [row["id"] for row in rows]
+        self.captions = [row[columns[1]] for row in rows]
+        self.dedup_text = TEXT_TABLE_KEY in self.keys
+        self._validate(td)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FeatureStore":
+        """Opens ``path`` (the store directory; its tsv sits beside it)."""
+        return cls(path)
+
+    def _check_exists(self) -> None:
+        partial = StorePaths(self.memmap_dir).partial
+        if not (self.memmap_dir / "meta.json").is_file():
+            hint = (
+                f" An unfinished extraction is in {partial}: re-run it to finish."
+                if partial.exists() else " Check the path, or run the extraction program first."
+            )
+            raise StoreError(f"feature store {self.memmap_dir} not found (no meta.json).{hint}")
+        if not self.tsv_path.is_file():
+            raise StoreError(
+                f"the table {self.tsv_path} of store {self.memmap_dir} is missing; a store is the "
+                "directory plus its tsv (copy both)"
+            )
+
+    def _tensors(self) -> TensorDict:
+        if self._td is None:
+            self._td = TensorDict.load_memmap(self.memmap_dir)
+        return self._td
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_td"] = None  # each process maps the files itself
+        return state
+
+    def _validate(self, td: TensorDict) -> None:
+        needed = list(LATENT_KEYS) + (list(VIDEO_FEATURE_KEYS) if self.kind == "video" else [])
+        needed += [TEXT_TABLE_KEY, TEXT_INDEX_KEY] if self.dedup_text else [TEXT_KEY]
+        missing = [k for k in needed if k not in self.keys]
+        if missing:
+            raise StoreError(
+                f"store {self.memmap_dir} lacks {', '.join(missing)} (has {', '.join(self.keys)})"
+            )
+        n = len(self.ids)
+        for key in self.row_keys:
+            rows = td[key].shape[0]
+            if rows != n:
+                relation = "shorter than" if rows < n else "longer than"
+                raise StoreError(
+                    f"{self.memmap_dir / (key + '.memmap')} has {rows} rows, {relation} its table "
+                    f"{self.tsv_path} ({n} rows); they must be aligned row for row. Re-extract, or "
+                    "pair the memmap directory with the tsv it was written with."
+                )
+        if self.dedup_text:
+            index = td[TEXT_INDEX_KEY]
+            if n and (int(index.min()) < 0 or int(index.max()) >= td[TEXT_TABLE_KEY].shape[0]):
+                raise StoreError(f"{self.memmap_dir}: text_index points outside text_table")
+
+    @property
+    def row_keys(self) -> tuple[str, ...]:
+        """Keys with one entry per row (the text table is shared between rows)."""
+        return tuple(k for k in self.keys if k != TEXT_TABLE_KEY)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Per-row shape of a feature (``text_features`` also for a deduplicated store)."""
+        td = self._tensors()
+        if key == TEXT_KEY and self.dedup_text:
+            return tuple(td[TEXT_TABLE_KEY].shape[1:])
+        return tuple(td[key].shape[1:])
+
+    def dtype(self, key: str) -> torch.dtype:
+        td = self._tensors()
+        return td[TEXT_TABLE_KEY if key == TEXT_KEY and self.dedup_text else key].dtype
+
+    def column(self, key: str) -> torch.Tensor:
+        """The memory-mapped tensor of one key, in its storage dtype (not loaded into RAM)."""
+        return self._tensors()[key]
+
+    def read(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``indices`` (int64, ideally sorted) of every feature, as float32.
+
+        Keys: ``mean``, ``std``, ``text_features`` and, for video stores, ``clip_features`` and
+        ``sync_features``.
+        """
+        td = self._tensors()
+        indices = indices.to(torch.int64)
+        out = {}
+        for key in LATENT_KEYS + (VIDEO_FEATURE_KEYS if self.kind == "video" else ()):
+            out[key] = _gather_float(td[key], indices)
+        if self.dedup_text:
+            table_rows = td[TEXT_INDEX_KEY].index_select(0, indices).to(torch.int64)
+            unique, inverse = torch.unique(table_rows, return_inverse=True)
+            out[TEXT_KEY] = _gather_float(td[TEXT_TABLE_KEY], unique).index_select(0, inverse)
+        else:
+            out[TEXT_KEY] = _gather_float(td[TEXT_KEY], indices)
+        return out
+
+    def bytes_read(self, indices: torch.Tensor) -> int:
+        """Bytes of storage a ``read(indices)`` gathers (distinct text-table rows counted once)."""
+        td = self._tensors()
+        total = 0
+        for key in self.row_keys:
+            total += _row_nbytes(td[key]) * len(indices)
+        if self.dedup_text:
+            distinct = torch.unique(td[TEXT_INDEX_KEY].index_select(0, indices.to(torch.int64)))
+            total += _row_nbytes(td[TEXT_TABLE_KEY]) * len(distinct)
+        return total
+
+    def describe(self) -> str:
+        dtypes = sorted({str(self.dtype(k)).replace("torch.", "") for k in self.keys if k != TEXT_INDEX_KEY})
+        text = "deduplicated text" if self.dedup_text else "text per row"
+        return f"{self.kind} store {self.memmap_dir} ({len(self)} rows, {'/'.join(dtypes)}, {text})"
+
+
+def _row_nbytes(tensor: torch.Tensor) -> int:
+    return tensor[0:1].numel() * tensor.element_size() if tensor.shape[0] else 0
+
+
+def _gather_float(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Gathers rows into a fresh float32 tensor with one copy (a cast fused with the gather)."""
+    out = torch.empty((len(indices),) + tuple(tensor.shape[1:]), dtype=torch.float32)
+    if len(indices) and _is_contiguous_run(indices):
+        start = int(indices[0])
+        out.copy_(tensor[start:start + len(indices)])
+    else:
+        out.copy_(tensor.index_select(0, indices))
+    return out
+
+
+def _is_contiguous_run(indices: torch.Tensor) -> bool:
+    return int(indices[-1]) - int(indices[0]) == len(indices) - 1 and bool((indices.diff() == 1).all())

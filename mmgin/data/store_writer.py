@@ -1,0 +1,428 @@
+"""Writing a feature store from many processes, resumably, without gathering rows in RAM.
+
+A store is built in ``<name>.partial/`` (also the extraction program's output directory, so
+its ``config.gin`` ends up inside the finished store):
+
+    plan.json            the rows to write (id, caption, media path) and the distinct captions
+    <key>.memmap         preallocated (sparse) row data; ranks write their rows by index
+    progress.rows        one byte per row: 0 pending, 1 done, 2 failed
+    progress.text        one byte per distinct caption: 0 pending, 1 done
+    failures/<row>.json  why a row failed (written before its progress byte)
+
+Data is written before its progress byte, so a killed run resumes at the first row not marked
+and produces the same store as an uninterrupted run. Finalisation (rank 0, after every rank is
+done) drops failed rows by compacting each memmap, writes the tsv and the failure report
+atomically, writes meta.json, and renames the directory to ``<name>`` — the store only becomes
+visible when complete. Each finalisation step can be repeated after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from absl import logging
+from tensordict import MemoryMappedTensor, TensorDict
+
+from mmgin import io
+from mmgin.data import tsv as tsv_io
+from mmgin.data.store import (
+    TEXT_INDEX_KEY,
+    TEXT_KEY,
+    TEXT_TABLE_KEY,
+    StoreError,
+    StoreFormat,
+    StorePaths,
+)
+
+PENDING, DONE, FAILED = 0, 1, 2
+FAILURE_COLUMNS = ("id", "path", "reason")
+_PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One row to extract: its tsv fields, the caption whose text feature it gets, its media."""
+
+    fields: Mapping[str, str]
+    caption: str
+    source: str
+
+    @property
+    def id(self) -> str:
+        return self.fields["id"]
+
+
+@dataclass
+class Plan:
+    """Everything that decides a store's content; a resumed run must bring the same plan."""
+
+    columns: tuple[str, ...]
+    rows: list[PlannedRow]
+    row_shapes: dict[str, tuple[int, ...]]
+    text_shape: tuple[int, ...]
+    store_format: StoreFormat
+    # Inputs rejected before extraction (missing media, duplicates, no caption): id, path, reason.
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def captions(self) -> list[str]:
+        """Distinct captions in order of first appearance: the rows of the text table."""
+        return list(dict.fromkeys(row.caption for row in self.rows))
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": _PLAN_VERSION,
+            "columns": list(self.columns),
+            "rows": [[dict(r.fields), r.caption, r.source] for r in self.rows],
+            "row_shapes": {k: list(v) for k, v in self.row_shapes.items()},
+            "text_shape": list(self.text_shape),
+            "format": [self.store_format.feature_dtype, self.store_format.dedup_text],
+            "rejected": self.rejected,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        data = json.loads(text)
+        return cls(
+            columns=tuple(data["columns"]),
+            rows=[PlannedRow(f, c, s) for f, c, s in data["rows"]],
+            row_shapes={k: tuple(v) for k, v in data["row_shapes"].items()},
+            text_shape=tuple(data["text_shape"]),
+            store_format=StoreFormat(data["format"][0], data["format"][1]),
+            rejected=data["rejected"],
+        )
+
+    def first_difference(self, other: "Plan") -> str | None:
+        """A short description of how ``other`` differs from this plan, or None if equal."""
+        if self.to_json() == other.to_json():
+            return None
+        for name in ("columns", "row_shapes", "text_shape", "store_format"):
+            if getattr(self, name) != getattr(other, name):
+                return f"{name}: {getattr(self, name)} vs {getattr(other, name)}"
+        if len(self.rows) != len(other.rows):
+            return f"{len(self.rows)} rows vs {len(other.rows)} rows"
+        for i, (a, b) in enumerate(zip(self.rows, other.rows)):
+            if a != b:
+                return f"row {i}: {a} vs {b}"
+        return "the rejected inputs differ"
+
+
+@dataclass
+class Summary:
+    """What a finished extraction did, for the log and the caller."""
+
+    rows: int
+    failed: Counter
+    rejected: Counter
+
+    def text(self) -> str:
+        parts = [f"{self.rows} rows written"]
+        for title, counts in (("skipped", self.failed), ("rejected before extraction", self.rejected)):
+            if counts:
+                parts.append(f"{title}: " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
+        return "; ".join(parts)
+
+
+class StoreWriter:
+    """One process's handle on a store being built; see the module docstring for the protocol."""
+
+    def __init__(self, directory: str | Path, plan: Plan):
+        self.paths = StorePaths(Path(directory))
+        self.work = self.paths.partial
+        self.plan = plan
+        self.captions = plan.captions
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._progress_fds: dict[str, int] = {}
+
+    # ---- preparation (rank 0) -------------------------------------------------------------
+
+    def prepare(self) -> str:
+        """Creates or validates ``<name>.partial``.
+
+        Returns 'new' (fresh files), 'resume' (earlier rows are kept) or 'finalizing' (an
+        earlier run got as far as finalising; only `finalize` is left to do).
+        """
+        plan_file = self.work / "plan.json"
+        if (self.work / "meta.json").is_file() and not plan_file.is_file():
+            return "finalizing"
+        if plan_file.is_file():
+            saved = Plan.from_json(plan_file.read_text())
+            difference = saved.first_difference(self.plan)
+            if difference is not None:
+                raise StoreError(
+                    f"{self.work} holds an unfinished extraction of different inputs ({difference}). "
+                    "Delete that directory to start over, or restore the inputs it was started with."
+                )
+            return "resume"
+        self.work.mkdir(parents=True, exist_ok=True)
+        for stale in self.work.glob("*.memmap"):
+            stale.unlink()
+        shutil.rmtree(self.work / "failures", ignore_errors=True)
+        n, dtype = len(self.plan.rows), self.plan.store_format.dtype
+        for key, shape in self.plan.row_shapes.items():
+            _allocate(self.work / f"{key}.memmap", (n,) + tuple(shape), _row_dtype(key, dtype))
+        table = _allocate(
+            self.work / f"{TEXT_TABLE_KEY}.memmap", (len(self.captions),) + self.plan.text_shape, dtype
+        )
+        del table
+        index = _allocate(self.work / f"{TEXT_INDEX_KEY}.memmap", (n,), torch.int64)
+        position = {caption: i for i, caption in enumerate(self.captions)}
+        index.copy_(torch.tensor([position[r.caption] for r in self.plan.rows], dtype=torch.int64))
+        del index
+        for name, size in (("rows", n), ("text", len(self.captions))):
+            io.write_bytes(self.work / f"progress.{name}", bytes(size))
+        (self.work / "failures").mkdir(exist_ok=True)
+        io.write_text(plan_file, self.plan.to_json())  # written last: marks the preparation done
+        return "new"
+
+    # ---- writing (every rank) -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Maps the preallocated files for writing (after rank 0's `prepare` and a barrier)."""
+        n, dtype = len(self.plan.rows), self.plan.store_format.dtype
+        shapes = {k: ((n,) + tuple(s), _row_dtype(k, dtype)) for k, s in self.plan.row_shapes.items()}
+        shapes[TEXT_TABLE_KEY] = ((len(self.captions),) + self.plan.text_shape, dtype)
+        for key, (shape, key_dtype) in shapes.items():
+            self._tensors[key] = MemoryMappedTensor.from_filename(
+                self.work / f"{key}.memmap", dtype=key_dtype, shape=torch.Size(shape), mode="r+"
+            )
+        for name in ("rows", "text"):
+            self._progress_fds[name] = os.open(self.work / f"progress.{name}", os.O_RDWR)
+
+    def close(self) -> None:
+        self._tensors.clear()
+        for fd in self._progress_fds.values():
+            os.close(fd)
+        self._progress_fds.clear()
+
+    def row_status(self) -> torch.Tensor:
+        return _read_progress(self.work / "progress.rows")
+
+    def text_status(self) -> torch.Tensor:
+        return _read_progress(self.work / "progress.text")
+
+    def write_rows(self, indices: Sequence[int], features: Mapping[str, torch.Tensor]) -> None:
+        """Writes rows ``indices`` of each per-row feature, then marks them done."""
+        index = torch.as_tensor(list(indices), dtype=torch.int64)
+        for key in self.plan.row_shapes:
+            target = self._tensors[key]
+            target.index_copy_(0, index, features[key].detach().to("cpu", target.dtype))
+        self._mark("rows", indices, DONE)
+
+    def fail_row(self, index: int, reason: str, message: str) -> None:
+        """Records why row ``index`` is skipped; it is dropped from the finished store."""
+        row = self.plan.rows[index]
+        record = {"id": row.id, "path": row.source, "reason": reason, "message": message}
+        io.write_text(self.work / "failures" / f"{index}.json", json.dumps(record))
+        self._mark("rows", [index], FAILED)
+
+    def write_text(self, indices: Sequence[int], features: torch.Tensor) -> None:
+        """Writes text-table rows ``indices`` (positions in ``captions``) and marks them done."""
+        target = self._tensors[TEXT_TABLE_KEY]
+        index = torch.as_tensor(list(indices), dtype=torch.int64)
+        target.index_copy_(0, index, features.detach().to("cpu", target.dtype))
+        self._mark("text", indices, DONE)
+
+    def _mark(self, name: str, indices: Sequence[int], status: int) -> None:
+        fd = self._progress_fds[name]
+        for start, length in _runs(sorted(indices)):
+            os.pwrite(fd, bytes([status]) * length, start)
+
+    # ---- finalisation (rank 0) ------------------------------------------------------------
+
+    def finalize(self, overwrite: bool = False) -> Summary:
+        """Turns the finished partial directory into the store; idempotent after a crash."""
+        plan_file = self.work / "plan.json"
+        if plan_file.is_file():
+            status = self.row_status()
+            text_status = self.text_status()
+            if bool((status == PENDING).any()) or bool((text_status == PENDING).any()):
+                raise StoreError(
+                    f"{self.work}: {int((status == PENDING).sum())} rows and "
+                    f"{int((text_status == PENDING).sum())} captions were not extracted; re-run"
+                )
+            kept = torch.nonzero(status == DONE).flatten()
+            failures = self._failure_records(status)
+            io.write_text(self.work / "summary.json", json.dumps({
+                "rows": len(kept),
+                "failed": Counter(f["reason"] for f in failures),
+                "rejected": Counter(r["reason"] for r in self.plan.rejected),
+            }))
+            tsv_io.write_table(self.paths.failures, FAILURE_COLUMNS, self.plan.rejected + failures)
+            if len(kept) == 0:
+                raise StoreError(
+                    f"no row of {self.paths.directory} could be extracted; see {self.paths.failures}"
+                )
+            self._compact(kept)
+            if not self.plan.store_format.dedup_text:
+                self._expand_text(len(kept))
+            self._write_meta(len(kept))
+            rows = [self.plan.rows[i].fields for i in kept.tolist()]
+            tsv_io.write_table(self.paths.tsv, self.plan.columns, rows)
+            self._cleanup()
+        summary_data = json.loads((self.work / "summary.json").read_text())
+        self._publish(overwrite)
+        return Summary(summary_data["rows"], Counter(summary_data["failed"]),
+                       Counter(summary_data["rejected"]))
+
+    def _failure_records(self, status: torch.Tensor) -> list[dict[str, str]]:
+        records = []
+        for index in torch.nonzero(status == FAILED).flatten().tolist():
+            record = json.loads((self.work / "failures" / f"{index}.json").read_text())
+            records.append({k: record[k] for k in FAILURE_COLUMNS})
+        return records
+
+    def _compact(self, kept: torch.Tensor) -> None:
+        """Rewrites each per-row memmap with only the kept rows (one key at a time)."""
+        n = len(self.plan.rows)
+        if len(kept) == n:
+            return
+        keys = list(self.plan.row_shapes) + [TEXT_INDEX_KEY]
+        for key in keys:
+            shape = self.plan.row_shapes.get(key, ())
+            dtype = torch.int64 if key == TEXT_INDEX_KEY else _row_dtype(key, self.plan.store_format.dtype)
+            path = self.work / f"{key}.memmap"
+            row_bytes = _numel(shape) * _itemsize(dtype)
+            if path.stat().st_size == len(kept) * row_bytes:
+                continue  # compacted before an interruption
+            source = MemoryMappedTensor.from_filename(path, dtype=dtype, shape=torch.Size((n,) + tuple(shape)), mode="r")
+            tmp = path.with_suffix(".memmap.tmp")
+            target = _allocate(tmp, (len(kept),) + tuple(shape), dtype)
+            for start in range(0, len(kept), _CHUNK_ROWS):
+                chunk = kept[start:start + _CHUNK_ROWS]
+                target[start:start + len(chunk)] = source.index_select(0, chunk)
+            del source, target
+            _fsync(tmp)
+            os.replace(tmp, path)
+
+    def _expand_text(self, rows: int) -> None:
+        """Reference layout: a text feature per row, gathered from the table of captions."""
+        path = self.work / f"{TEXT_KEY}.memmap"
+        if path.is_file():
+            return
+        dtype = self.plan.store_format.dtype
+        table = MemoryMappedTensor.from_filename(
+            self.work / f"{TEXT_TABLE_KEY}.memmap", dtype=dtype,
+            shape=torch.Size((len(self.captions),) + self.plan.text_shape), mode="r",
+        )
+        index = MemoryMappedTensor.from_filename(
+            self.work / f"{TEXT_INDEX_KEY}.memmap", dtype=torch.int64, shape=torch.Size((rows,)), mode="r"
+        )
+        tmp = path.with_suffix(".memmap.tmp")
+        target = _allocate(tmp, (rows,) + self.plan.text_shape, dtype)
+        for start in range(0, rows, _CHUNK_ROWS):
+            chunk = index[start:start + _CHUNK_ROWS].to(torch.int64)
+            target[start:start + len(chunk)] = table.index_select(0, chunk)
+        del table, index, target
+        _fsync(tmp)
+        os.replace(tmp, path)
+
+    def _final_keys(self) -> list[str]:
+        keys = list(self.plan.row_shapes)
+        if self.plan.store_format.dedup_text:
+            return keys + [TEXT_TABLE_KEY, TEXT_INDEX_KEY]
+        return keys + [TEXT_KEY]
+
+    def _write_meta(self, rows: int) -> None:
+        """meta.json through tensordict itself, so `TensorDict.load_memmap` reads the store."""
+        dtype = self.plan.store_format.dtype
+        tensors = {}
+        for key in self._final_keys():
+            if key == TEXT_TABLE_KEY:
+                shape, key_dtype = (len(self.captions),) + self.plan.text_shape, dtype
+            elif key == TEXT_INDEX_KEY:
+                shape, key_dtype = (rows,), torch.int64
+            elif key == TEXT_KEY:
+                shape, key_dtype = (rows,) + self.plan.text_shape, dtype
+            else:
+                shape, key_dtype = (rows,) + tuple(self.plan.row_shapes[key]), _row_dtype(key, dtype)
+            tensors[key] = MemoryMappedTensor.from_filename(
+                self.work / f"{key}.memmap", dtype=key_dtype, shape=torch.Size(shape), mode="r+"
+            )
+        TensorDict(tensors, batch_size=[]).memmap_(self.work, existsok=True)
+        written = json.loads((self.work / "meta.json").read_text())
+        if sorted(k for k in written if isinstance(written[k], dict)) != sorted(tensors):
+            raise StoreError(f"tensordict wrote an unexpected meta.json in {self.work}")
+
+    def _cleanup(self) -> None:
+        keep = {f"{k}.memmap" for k in self._final_keys()} | {"meta.json", "summary.json"}
+        for path in self.work.iterdir():
+            if path.name.endswith(".memmap") and path.name not in keep:
+                path.unlink()
+        for name in ("progress.rows", "progress.text"):
+            (self.work / name).unlink(missing_ok=True)
+        shutil.rmtree(self.work / "failures", ignore_errors=True)
+        (self.work / "plan.json").unlink()  # last: from here on only the rename is left
+
+    def _publish(self, overwrite: bool) -> None:
+        final = self.paths.directory
+        summary = self.work / "summary.json"
+        if final.exists():
+            if not overwrite:
+                raise StoreError(f"{final} already exists; delete it or set overwrite=True")
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(self.work, final)
+        (final / summary.name).unlink(missing_ok=True)
+        logging.info("feature store ready: %s (+ %s)", final, self.paths.tsv.name)
+
+
+_CHUNK_ROWS = 64
+
+
+def _row_dtype(key: str, feature_dtype: torch.dtype) -> torch.dtype:
+    """VAE posteriors stay float32: latents are sampled from them during training."""
+    return torch.float32 if key in ("mean", "std") else feature_dtype
+
+
+def _numel(shape: Sequence[int]) -> int:
+    total = 1
+    for s in shape:
+        total *= int(s)
+    return total
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _allocate(path: Path, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A zero-filled (sparse) file of the tensor's size, mapped shared for writing."""
+    path.unlink(missing_ok=True)
+    return MemoryMappedTensor.empty(torch.Size(shape), dtype=dtype, filename=path)
+
+
+def _read_progress(path: Path) -> torch.Tensor:
+    data = path.read_bytes()
+    if not data:
+        return torch.zeros(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _runs(sorted_indices: Sequence[int]):
+    """(start, length) of each run of consecutive integers."""
+    start = previous = None
+    for i in sorted_indices:
+        if start is None:
+            start = previous = i
+        elif i == previous + 1:
+            previous = i
+        else:
+            yield start, previous - start + 1
+            start = previous = i
+    if start is not None:
+        yield start, previous - start + 1
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
