@@ -1,0 +1,144 @@
+"""Feature store layouts: reference-written stores load, ours load in tensordict, errors are clear."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from mmgin.data import tsv as tsv_io
+from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
+from mmgin.data.store import FeatureStore, StoreError, StoreFormat
+from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
+from mmgin.testing.example import write_synthetic_store
+
+
+def _write_reference_video_store(directory, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What the reference's merge step writes: TensorDict(dict).memmap_ plus a pandas-style tsv."""
+    g = torch.Generator().manual_seed(seed)
+    data = {
+        "mean": torch.randn(n, 250, 20, generator=g),
+        "std": torch.rand(n, 250, 20, generator=g),
+        "clip_features": torch.randn(n, 64, 1024, generator=g),
+        "sync_features": torch.randn(n, 192, 768, generator=g),
+        "text_features": torch.randn(n, 77, 1024, generator=g),
+    }
+    TensorDict(data).memmap_(directory)
+    with open(directory.parent / f"{directory.stem}.tsv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["id", "label"])
+        for i in range(n):
+            writer.writerow([f"{i:011d}_{i * 10:06d}", f"label, with \"quotes\" {i}"])
+    return data
+
+
+def test_reference_written_store_loads_unchanged(tmp_path):
+    data = _write_reference_video_store(tmp_path / "vgg-train", 5)
+    dataset = ExtractedVideoDataset(store=tmp_path / "vgg-train", latent_seq_len=250)
+    assert len(dataset) == 5
+    item = dataset[3]
+    assert item["id"] == "00000000003_000030"
+    assert item["caption"] == 'label, with "quotes" 3'
+    for ours, theirs in (("a_mean", "mean"), ("a_std", "std"), ("clip_features", "clip_features"),
+                         ("sync_features", "sync_features"), ("text_features", "text_features")):
+        assert item[ours].dtype == torch.float32
+        assert torch.equal(item[ours], data[theirs][3])
+    assert bool(item["video_exist"]) and bool(item["text_exist"])
+    # the reference configs name the memmap dir and the tsv separately
+    same = ExtractedVideoDataset(memmap_dir=tmp_path / "vgg-train", tsv=tmp_path / "vgg-train.tsv")
+    assert torch.equal(same[0]["clip_features"], data["clip_features"][0])
+
+
+def test_our_stores_load_with_tensordict_and_keep_values(tmp_path):
+    reference = write_synthetic_store(tmp_path / "ref", "video", 6, store_format=StoreFormat.reference())
+    compact = write_synthetic_store(tmp_path / "small", "video", 6)
+    td = TensorDict.load_memmap(tmp_path / "ref")
+    assert sorted(td.keys()) == ["clip_features", "mean", "std", "sync_features", "text_features"]
+    assert all(td[k].dtype == torch.float32 for k in td.keys())
+    assert torch.equal(td["clip_features"].clone(), reference["clip_features"])
+    td = TensorDict.load_memmap(tmp_path / "small")
+    assert td["clip_features"].dtype == torch.bfloat16 and td["mean"].dtype == torch.float32
+    assert td["text_table"].shape == (3, 77, 1024) and td["text_index"].tolist() == [0, 1, 2, 0, 1, 2]
+
+    store = FeatureStore.open(tmp_path / "small")
+    rows = store.read(torch.tensor([1, 4, 5]))
+    assert all(v.dtype == torch.float32 for v in rows.values())
+    assert torch.equal(rows["mean"], compact["mean"][[1, 4, 5]])
+    assert torch.equal(rows["clip_features"], compact["clip_features"][[1, 4, 5]].bfloat16().float())
+    assert torch.equal(rows["text_features"], compact["text_features"][[1, 4, 5]].bfloat16().float())
+    ratio = store.bytes_read(torch.arange(6)) / FeatureStore.open(tmp_path / "ref").bytes_read(torch.arange(6))
+    assert ratio <= 0.5
+
+
+def test_audio_store_items_have_empty_video(tmp_path):
+    write_synthetic_store(tmp_path / "clips", "audio", 3, latent_shape=(345, 40))
+    dataset = ExtractedAudioDataset(store=tmp_path / "clips", latent_seq_len=345)
+    item = dataset[2]
+    assert item["a_mean"].shape == (345, 40)
+    assert not bool(item["video_exist"]) and bool(item["text_exist"])
+    assert item["clip_features"].shape == (64, 1024) and not item["clip_features"].any()
+    assert item["sync_features"].shape == (192, 768) and not item["sync_features"].any()
+    with pytest.raises(StoreError, match="latents have length 345, expected 250"):
+        ExtractedAudioDataset(store=tmp_path / "clips", latent_seq_len=250)
+    with pytest.raises(StoreError, match="audio store"):
+        ExtractedVideoDataset(store=tmp_path / "clips")
+
+
+def test_memmap_shorter_than_tsv_names_both_files(tmp_path):
+    _write_reference_video_store(tmp_path / "vgg-val", 3)
+    rows = tsv_io.read_table(tmp_path / "vgg-val.tsv")
+    tsv_io.write_table(tmp_path / "vgg-val.tsv", ["id", "label"], rows + [{"id": "extra", "label": "x"}])
+    with pytest.raises(StoreError) as error:
+        FeatureStore.open(tmp_path / "vgg-val")
+    message = str(error.value)
+    assert "3 rows, shorter than its table" in message
+    assert f"{tmp_path / 'vgg-val'}/clip_features.memmap" in message
+    assert str(tmp_path / "vgg-val.tsv") in message
+
+
+def test_missing_store_mentions_unfinished_extraction(tmp_path):
+    (tmp_path / "set.partial").mkdir()
+    with pytest.raises(StoreError, match="unfinished extraction"):
+        FeatureStore.open(tmp_path / "set")
+
+
+def _plan(n: int, labels: list[str]) -> Plan:
+    rows = [PlannedRow({"id": f"v{i}", "label": labels[i]}, labels[i], f"/media/v{i}.mp4") for i in range(n)]
+    return Plan(("id", "label"), rows, {"mean": (4, 2), "std": (4, 2), "clip_features": (64, 1024),
+                                        "sync_features": (192, 768)}, (77, 1024), StoreFormat(),
+                [{"id": "gone", "path": "/media/gone.mp4", "reason": "missing_file"}])
+
+
+def test_writer_resumes_compacts_failures_and_refuses_other_inputs(tmp_path):
+    labels = ["dog", "cat", "dog", "bird", "cat"]
+    plan = _plan(5, labels)
+    features = {k: torch.randn((5,) + s) for k, s in plan.row_shapes.items()}
+    first = StoreWriter(tmp_path / "set", plan)
+    assert first.prepare() == "new"
+    first.open()
+    first.write_rows([0, 1], {k: v[:2] for k, v in features.items()})
+    first.close()  # the process "dies" here
+
+    with pytest.raises(StoreError, match="different inputs"):
+        StoreWriter(tmp_path / "set", _plan(5, ["dog"] * 5)).prepare()
+    second = StoreWriter(tmp_path / "set", plan)
+    assert second.prepare() == "resume"
+    assert second.row_status().tolist() == [1, 1, 0, 0, 0]
+    second.open()
+    second.fail_row(2, "unreadable", "cannot decode")
+    second.write_rows([3, 4], {k: v[3:] for k, v in features.items()})
+    second.write_text([0, 1, 2], torch.randn(3, 77, 1024))
+    second.close()
+    summary = second.finalize()
+    assert summary.rows == 4 and summary.failed == {"unreadable": 1} and summary.rejected == {"missing_file": 1}
+
+    assert not (tmp_path / "set.partial").exists()
+    store = FeatureStore.open(tmp_path / "set")
+    assert store.ids == ["v0", "v1", "v3", "v4"] and store.captions == ["dog", "cat", "bird", "cat"]
+    kept = [0, 1, 3, 4]
+    assert torch.equal(store.read(torch.arange(4))["mean"], features["mean"][kept])
+    failures = tsv_io.read_table(tmp_path / "set.failures.tsv")
+    assert failures == [{"id": "gone", "path": "/media/gone.mp4", "reason": "missing_file"},
+                        {"id": "v2", "path": "/media/v2.mp4", "reason": "unreadable"}]
