@@ -1,0 +1,421 @@
+"""The Train program: MMAudio flow-matching training, configured entirely by gin.
+
+    torchrun --standalone --nproc_per_node=8 launch.py --gin_file=gin/large_44k.gin \\
+        --gin_param="VIDEO_STORES = ['/data/vgg-train']" ...
+
+What a run writes under its output directory:
+
+    config.gin, operative_config.gin   what was parsed / what was used
+    checkpoints/ckpt_<it>.pth           the last two training checkpoints (exact resume)
+    ema_ckpts/<profile>.<step>.pt       post-hoc EMA snapshots (+ profiles.json)
+    ema_final.pth                       the EMA at final_ema_sigma_rel, released format
+    samples/<it>/<id>.flac              generated validation audio (+ metrics.json with a hook)
+    tensorboard/                        event files, tags below
+
+TensorBoard tags (rank 0; scalars unless noted):
+
+    train/loss               mean flow-matching loss over the log window, all ranks
+    train/lr                 learning rate of the last step
+    train/grad_norm          mean pre-clip gradient norm of the window's applied updates
+    train/loss_by_t          histogram: mean loss per t bin (25 bins over [0, 1])
+    train/samples_per_s      global samples per second (training time only)
+    train/step_time          seconds per optimizer step
+    train/data_wait_fraction share of the step time spent waiting for the loader
+    train/gpu_memory_gib     peak CUDA memory allocated in the window (CUDA only)
+    train/mfu                model FLOPs utilisation (needs a known GPU or Train.peak_tflops)
+    train/skipped_updates    total updates skipped for non-finite loss or gradients
+    val/loss, val/loss_by_t  validation loss (same noise every pass) and its t histogram
+    sample/<k>/audio, sample/<k>/mel           generated audio of validation item k, its mel image
+    sample/<k>/audio_gt, sample/<k>/mel_gt     the item's ground truth (decoded VAE mean)
+    config                   text: the operative gin config
+    <hook tag>/<metric>      evaluation metrics written by the evaluation hook (e.g. val/FD-VGG)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gin
+import torch
+from absl import logging
+from torch.utils.data import Dataset
+
+from mmgin import dist, io
+from mmgin.data.loader import DistributedBatchLoader
+from mmgin.model import FlowMatching, MMAudio
+from mmgin.programs.base import Program
+from mmgin.train import checkpoint as ckpt
+from mmgin.train import ema as ema_lib
+from mmgin.train.batches import MicroBatchSource, accumulation_steps, to_device
+from mmgin.train.metrics import Throughput, Writer, format_duration, peak_flops
+from mmgin.train.optim import WarmupStepSchedule, adamw
+from mmgin.train.spectrogram import spectrogram_image
+from mmgin.train.trainer import NonFiniteError, Trainer
+from mmgin.train.validation import generate, shard_indices, validation_loss
+
+EMA_DIR = "ema_ckpts"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@gin.configurable
+class Train(Program):
+    """Trains `network` on `train_dataset` with the paper's recipe by default.
+
+    `batch_size` is the GLOBAL batch; `micro_batch_size` (per GPU) with gradient accumulation
+    keeps it on fewer or smaller GPUs. A run restarted in the same output_dir resumes from its
+    newest readable checkpoint; `checkpoint=` resumes from a given file; `weights=` starts
+    from a released mmaudio_*.pth (fine-tuning) or the network of a training checkpoint.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path = gin.REQUIRED,
+        network: MMAudio = gin.REQUIRED,
+        train_dataset: Dataset = gin.REQUIRED,
+        val_dataset: Dataset | None = None,
+        codec: Any = None,
+        flow: FlowMatching | None = None,
+        batch_size: int = 512,
+        micro_batch_size: int | None = None,
+        num_iterations: int = 300_000,
+        optimizer: Callable[..., torch.optim.Optimizer] = adamw,
+        lr_schedule: Callable[[int], float] | None = None,
+        clip_grad_norm: float | None = 1.0,
+        precision: str = "bf16",
+        grad_scaler: bool = False,
+        compile: bool = True,
+        tf32: bool = True,
+        deterministic: bool = False,
+        num_threads: int | None = None,
+        null_condition_probability: float = 0.1,
+        independent_video_dropout: bool = False,
+        seed: int = 14159265,
+        num_workers: int = 10,
+        ema: bool = True,
+        ema_sigma_rels: Sequence[float] = (0.05, 0.1),
+        ema_snapshot_every: int = 5000,
+        ema_update_every: int = 1,
+        final_ema_sigma_rel: float | None = 0.05,
+        checkpoint_every: int = 10_000,
+        keep_checkpoints: int = 2,
+        checkpoint: str | Path | None = None,
+        weights: str | Path | None = None,
+        log_every: int = 200,
+        val_every: int = 5000,
+        val_batch_size: int | None = None,
+        sample_every: int = 20_000,
+        num_samples: int | None = None,
+        sample_batch_size: int = 16,
+        cfg_strength: float = 4.5,
+        tensorboard_samples: int = 4,
+        eval_hook: Callable[..., dict[str, float]] | None = None,
+        max_consecutive_skips: int = 10,
+        peak_tflops: float | None = None,
+    ):
+        super().__init__(output_dir)
+        info = dist.info()
+        self.micro_batch_size, self.accumulation = accumulation_steps(batch_size, micro_batch_size, info.world_size)
+        for name, value in (("num_iterations", num_iterations), ("log_every", log_every),
+                            ("checkpoint_every", checkpoint_every), ("val_every", val_every),
+                            ("sample_every", sample_every)):
+            if value < 1:
+                raise ValueError(f"Train.{name} must be >= 1, got {value}")
+        if (val_every or sample_every) and val_dataset is None:
+            logging.info("Train.val_dataset is None: no validation loss or samples")
+        if sample_every and val_dataset is not None and codec is None:
+            logging.info("Train.codec is None: validation samples are not generated")
+        self.network = network
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.codec = codec
+        self.flow = flow if flow is not None else FlowMatching()
+        self.batch_size = batch_size
+        self.num_iterations = num_iterations
+        self.make_optimizer = optimizer
+        self.lr_schedule = lr_schedule if lr_schedule is not None else WarmupStepSchedule()
+        self.clip_grad_norm = clip_grad_norm
+        self.precision = precision
+        self.grad_scaler = grad_scaler
+        self.compile = compile
+        self.tf32 = tf32
+        self.deterministic = deterministic
+        self.num_threads = num_threads
+        self.null_condition_probability = null_condition_probability
+        self.independent_video_dropout = independent_video_dropout
+        self.seed = seed
+        self.num_workers = num_workers
+        self.use_ema = ema
+        self.ema_sigma_rels = tuple(ema_sigma_rels)
+        self.ema_snapshot_every = ema_snapshot_every
+        self.ema_update_every = ema_update_every
+        self.final_ema_sigma_rel = final_ema_sigma_rel
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.checkpoint = checkpoint
+        self.weights = weights
+        self.log_every = log_every
+        self.val_every = val_every
+        self.val_batch_size = val_batch_size or self.micro_batch_size
+        self.sample_every = sample_every
+        self.num_samples = num_samples
+        self.sample_batch_size = sample_batch_size
+        self.cfg_strength = cfg_strength
+        self.tensorboard_samples = tensorboard_samples
+        self.eval_hook = eval_hook
+        self.max_consecutive_skips = max_consecutive_skips
+        self.peak_tflops = peak_tflops
+        self.device = info.device
+
+    # ------------------------------------------------------------------ setup
+    def _configure_torch(self) -> None:
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            torch.backends.cudnn.benchmark = not self.deterministic
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        if self.checkpoint is not None:
+            dist.log_main("resuming from Train.checkpoint=%s", self.checkpoint)
+            return ckpt.load_file(self.checkpoint)
+        found = ckpt.load_latest(self.output_dir)
+        if found is not None:
+            dist.log_main("resuming from %s", found[0])
+            return found[1]
+        return None
+
+    def _set_latent_statistics(self) -> None:
+        network = self.network
+        if torch.isfinite(network.latent_mean).all() and torch.isfinite(network.latent_std).all():
+            dist.log_main("latent statistics come from the network weights")
+            return
+        compute = getattr(self.train_dataset, "latent_statistics", None)
+        if compute is None:
+            raise ValueError(
+                "the network has no latent statistics and Train.train_dataset cannot compute them; "
+                "use a DatasetMixture, or start from weights that carry them"
+            )
+        stats = compute() if dist.is_main() else None
+        mean, std = dist.broadcast_object(stats)
+        with torch.no_grad():
+            network.latent_mean.copy_(mean.reshape(network.latent_mean.shape))
+            network.latent_std.copy_(std.reshape(network.latent_std.shape))
+        dist.log_main("latent statistics from the training data: mean %s, std %s",
+                      [round(x, 4) for x in mean.tolist()[:4]], [round(x, 4) for x in std.tolist()[:4]])
+
+    def _build(self, resume: dict[str, Any] | None) -> None:
+        info = dist.info()
+        if resume is not None:
+            self.network.load_weights(resume["network"])
+        elif self.weights is not None:
+            dist.log_main("initialising the network from Train.weights=%s", self.weights)
+            self.network.load_weights(ckpt.network_weights(self.weights))
+        self._set_latent_statistics()
+        self.network.to(self.device).train()
+        virtual_ranks = [info.rank * self.accumulation + j for j in range(self.accumulation)]
+        ema = None
+        if self.use_ema and info.is_main:
+            ema = ema_lib.PostHocEMA(
+                self.network, self.output_dir / EMA_DIR, self.ema_sigma_rels,
+                self.ema_snapshot_every, self.ema_update_every,
+            )
+        self.trainer = Trainer(
+            self.network, self.flow, self.device, virtual_ranks=virtual_ranks, seed=self.seed,
+            precision=self.precision, compile=self.compile, make_optimizer=self.make_optimizer,
+            lr_schedule=self.lr_schedule, clip_grad_norm=self.clip_grad_norm,
+            grad_scaler=self.grad_scaler, null_condition_probability=self.null_condition_probability,
+            independent_video_dropout=self.independent_video_dropout, ema=ema,
+        )
+        self.source = MicroBatchSource(
+            self.train_dataset, self.micro_batch_size, self.accumulation, info.rank,
+            info.world_size, self.seed, self.num_workers,
+        )
+        self.val_loader = None
+        if self.val_dataset is not None:
+            self.val_loader = DistributedBatchLoader(
+                self.val_dataset, batch_size=self.val_batch_size, seed=self.seed, drop_last=False,
+                num_workers=min(2, self.num_workers),
+            )
+        if resume is not None:
+            self._restore(resume)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        info = dist.info()
+        if state["world_size"] != info.world_size:
+            raise ckpt.CheckpointError(
+                f"the checkpoint was written by {state['world_size']} ranks, this run has "
+                f"{info.world_size}; an exact resume needs the same number of GPUs "
+                "(start a new run with Train.weights=<checkpoint> to continue on another count)"
+            )
+        self.trainer.load_state_dict(state)
+        self.source.load_state_dict(state["loader"][info.rank])
+        self.trainer.load_rng_state(state["rng"][info.rank])
+
+    # -------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self) -> None:
+        info = dist.info()
+        per_rank = dist.all_gather_objects(
+            {"rng": self.trainer.rng_state(), "loader": self.source.state_dict()}
+        )
+        if info.is_main:
+            state = self.trainer.state_dict()
+            state.update(
+                rng=[r["rng"] for r in per_rank], loader=[r["loader"] for r in per_rank],
+                world_size=info.world_size, accumulation=self.accumulation,
+                config=gin.operative_config_str(),
+            )
+            path = ckpt.save(self.output_dir, self.trainer.iteration, state, self.keep_checkpoints)
+            logging.info("saved %s", path)
+        dist.barrier()
+
+    # ------------------------------------------------------------------ logging
+    def _log_train(self, writer: Writer, throughput: Throughput, flops_per_sample: float | None,
+                   peak: float | None) -> None:
+        it = self.trainer.iteration
+        window = self.trainer.collect_window()
+        seconds, data_wait, steps = throughput.window()
+        step_time = seconds / max(steps, 1)
+        samples_per_s = self.batch_size * steps / seconds if seconds > 0 else 0.0
+        scalars = {
+            "train/loss": window["loss"],
+            "train/lr": self.trainer.learning_rate,
+            "train/grad_norm": window["grad_norm"],
+            "train/samples_per_s": samples_per_s,
+            "train/step_time": step_time,
+            "train/data_wait_fraction": data_wait / seconds if seconds > 0 else 0.0,
+            "train/skipped_updates": window["skipped_updates"],
+        }
+        if self.device.type == "cuda":
+            scalars["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if flops_per_sample is not None and peak is not None:
+            scalars["train/mfu"] = flops_per_sample * samples_per_s / (peak * dist.world_size())
+        writer.scalars(scalars, it)
+        writer.loss_by_t("train/loss_by_t", window["loss_by_t_sums"], window["loss_by_t_counts"], it)
+        eta = (self.num_iterations - it) * step_time
+        dist.log_main(
+            "it %d/%d | loss %.5f | lr %.3g | grad_norm %.4f | %.1f samples/s | %.3f s/it | "
+            "data %.0f%% | skipped %d | ETA %s",
+            it, self.num_iterations, window["loss"], scalars["train/lr"], window["grad_norm"],
+            samples_per_s, step_time, 100 * scalars["train/data_wait_fraction"],
+            int(window["skipped_updates"]), format_duration(eta),
+        )
+        if window["max_consecutive_skips"] >= self.max_consecutive_skips:
+            raise NonFiniteError(
+                f"{int(window['max_consecutive_skips'])} updates in a row were skipped because the "
+                f"loss or gradients were not finite (limit Train.max_consecutive_skips="
+                f"{self.max_consecutive_skips}); check the data for NaN/inf, lower the learning "
+                "rate, or resume from an earlier checkpoint"
+            )
+
+    def _validate(self, writer: Writer) -> None:
+        generator = self.trainer.eval_generators()[0]
+        loss_fn = self.trainer.loss_fn
+        mean, sums, counts = validation_loss(
+            loss_fn, self.network, self.flow, self.val_loader, generator, self.device,
+            self.trainer.autocast, self.null_condition_probability, self.independent_video_dropout,
+        )
+        it = self.trainer.iteration
+        writer.scalars({"val/loss": mean}, it)
+        writer.loss_by_t("val/loss_by_t", sums, counts, it)
+        dist.log_main("it %d | val/loss %.5f", it, mean)
+
+    def _sample(self, writer: Writer) -> None:
+        from mmgin.audio import get_mel_converter
+        from mmgin.media.audio import write_audio
+
+        info = dist.info()
+        it = self.trainer.iteration
+        audio_dir = self.output_dir / SAMPLES_DIR / f"{it:09d}"
+        count = len(self.val_dataset) if self.num_samples is None else min(self.num_samples, len(self.val_dataset))
+        generator = self.trainer.eval_generators()[0]
+        self.network.eval()
+        mel = get_mel_converter(self.codec.mode).to(self.device) if info.is_main else None
+        for indices in shard_indices(count, info.rank, info.world_size, self.sample_batch_size):
+            batch = to_device(self.val_dataset.__getitems__(indices), self.device)
+            latents = generate(self.network, self.flow, batch, generator, self.cfg_strength, self.trainer.autocast)
+            with torch.no_grad():
+                audio = self.codec.decode_latent(latents).float().cpu()
+            for item_id, waveform in zip(batch["id"], audio):
+                write_audio(audio_dir / f"{item_id}.flac", waveform, self.codec.sampling_rate)
+            if info.is_main and indices[0] < self.tensorboard_samples:
+                self._log_samples(writer, mel, batch, audio, indices, it)
+        self.network.train()
+        dist.barrier()
+        if info.is_main and self.eval_hook is not None:
+            self.eval_hook(audio_dir, it, writer.summary_writer)
+        dist.barrier()
+
+    @torch.no_grad()
+    def _log_samples(self, writer: Writer, mel: torch.nn.Module, batch: dict, audio: torch.Tensor,
+                     indices: list[int], it: int) -> None:
+        shown = [k for k, index in enumerate(indices) if index < self.tensorboard_samples]
+        truth = self.codec.decode_latent(batch["a_mean"][shown]).float().cpu()
+        rate = self.codec.sampling_rate
+        for k, waveform, reference in zip(shown, audio[shown], truth):
+            index = indices[k]
+            for suffix, wave in (("", waveform), ("_gt", reference)):
+                writer.audio(f"sample/{index}/audio{suffix}", wave, rate, it)
+                spectrum = mel(wave.to(self.device).unsqueeze(0))[0]
+                writer.image(f"sample/{index}/mel{suffix}", spectrogram_image(spectrum), it)
+
+    # --------------------------------------------------------------------- run
+    def run(self) -> None:
+        self._configure_torch()
+        resume = self._resume_state()
+        self._build(resume)
+        trainer = self.trainer
+        writer = Writer(self.output_dir / TENSORBOARD_DIR)
+        writer.text("config", "```\n" + gin.operative_config_str() + "\n```")
+        from mmgin.model.flops import training_flops_per_sample
+
+        flops = training_flops_per_sample(self.network) if dist.is_main() else None
+        peak = peak_flops(self.device, self.precision, self.peak_tflops)
+        dist.log_main(
+            "training %s: %d iterations, global batch %d = %d ranks x %d micro-steps x %d, %d steps/epoch",
+            type(self.network).__name__, self.num_iterations, self.batch_size, dist.world_size(),
+            self.accumulation, self.micro_batch_size, self.source.steps_per_epoch(),
+        )
+        throughput = Throughput()
+        try:
+            while trainer.iteration < self.num_iterations:
+                micro_batches = self.source.next_step()
+                throughput.waited(self.source.wait_seconds)
+                trainer.train_step(micro_batches)
+                throughput.step_done()
+                it = trainer.iteration
+                extra_start = time.perf_counter()
+                if it % self.log_every == 0 or it == self.num_iterations:
+                    self._log_train(writer, throughput, flops, peak)
+                if self.val_loader is not None and (it % self.val_every == 0 or it == self.num_iterations):
+                    self._validate(writer)
+                if (self.val_dataset is not None and self.codec is not None
+                        and (it % self.sample_every == 0 or it == self.num_iterations)):
+                    self._sample(writer)
+                if it % self.checkpoint_every == 0 or it == self.num_iterations:
+                    self._save_checkpoint()
+                throughput.exclude(time.perf_counter() - extra_start)
+        finally:
+            writer.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        ema = self.trainer.ema
+        if ema is not None:
+            if ema.step % ema.snapshot_every:
+                ema.write_snapshots()
+            if self.final_ema_sigma_rel is not None:
+                snapshots = ema_lib.find_snapshots(self.output_dir / EMA_DIR)
+                weights = ema_lib.synthesize(snapshots, self.final_ema_sigma_rel, ema.step)
+                io.save_torch(weights, self.output_dir / "ema_final.pth")
+                logging.info("wrote %s (EMA sigma_rel %s at step %d)", self.output_dir / "ema_final.pth",
+                             self.final_ema_sigma_rel, ema.step)
+        dist.barrier()

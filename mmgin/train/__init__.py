@@ -1,0 +1,4 @@
+"""The training system: step, optimizer and schedules, post-hoc EMA, checkpoints, logging.
+
+The `Train` and `SynthesizeEMA` programs (mmgin/programs/) compose these parts.
+"""

@@ -1,0 +1,236 @@
+"""Post-hoc EMA (Karras et al. 2023, "Analyzing and Improving the Training Dynamics of
+Diffusion Models"), as the reference trains it with nitrous-ema.
+
+During training, one power-function EMA per profile (sigma_rel 0.05 and 0.1 by default) is kept
+and a float32 snapshot of each is written every `snapshot_every` steps. After training, any
+other sigma_rel is synthesized from the snapshots by least squares (Algorithm 3). The snapshot
+files use the reference layout (`<profile>.<step>.pt`, keys `ema_model.<key>` plus
+`_extra_state`), so snapshots written by the reference trainer synthesize here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mmgin import io
+
+PREFIX = "ema_model."
+EXTRA_STATE = "_extra_state"
+PROFILES_FILE = "profiles.json"
+_SNAPSHOT_NAME = re.compile(r"^(\d+)\.(\d+)\.pt$")
+
+
+def sigma_rel_to_gamma(sigma_rel: float) -> float:
+    """The exponent gamma of the power EMA whose relative width is sigma_rel (Algorithm 2):
+    the largest real root of g^3 + 7 g^2 + (16 - s^-2) g + (12 - s^-2)."""
+    if sigma_rel <= 0:
+        raise ValueError(f"sigma_rel must be positive, got {sigma_rel}")
+    inv = sigma_rel ** -2
+    gamma = float(np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv]).real.max())
+    if gamma <= -1:
+        raise ValueError(f"sigma_rel {sigma_rel} is too wide for a power EMA (gamma {gamma} <= -1)")
+    return gamma
+
+
+def ema_beta(step: int, gamma: float, update_every: int = 1, step_size_correction: bool = True) -> float:
+    """The decay applied at counter value `step` (counted after the increment, from 1).
+
+    Without correction beta = (1 - 1/(s+1))^(1+gamma); with it, the geometric mean over the
+    `update_every` steps an update stands for, raised to update_every (nitrous-ema).
+    """
+    if not step_size_correction:
+        return (1 - 1 / (step + 1)) ** (1 + gamma)
+    k = update_every
+    return ((1 - 1 / (step + 1)) ** (1 + gamma) * (1 - 1 / (step + 1 + k)) ** (1 + gamma)) ** (k / 2)
+
+
+def ema_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The averaged entries: every floating tensor, frozen parameters and buffers included
+    (the reference averages latent statistics and the empty-string feature too)."""
+    return [k for k, v in state_dict.items() if torch.is_floating_point(v)]
+
+
+class PostHocEMA:
+    """The EMA profiles of one network, updated after every optimizer step.
+
+    Keep one instance on the rank that writes snapshots (rank 0); the profiles are float32 copies
+    on the network's device. `update()` never syncs with the host.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        snapshot_dir: str | Path,
+        sigma_rels: Sequence[float] = (0.05, 0.1),
+        snapshot_every: int = 5000,
+        update_every: int = 1,
+        step_size_correction: bool = True,
+    ):
+        if len(sigma_rels) < 2 or len(set(sigma_rels)) != len(sigma_rels):
+            raise ValueError(f"need at least two distinct sigma_rels to synthesize, got {sigma_rels}")
+        if snapshot_every < 1 or update_every < 1:
+            raise ValueError("snapshot_every and update_every must be >= 1")
+        self.network = network
+        self.snapshot_dir = Path(snapshot_dir)
+        self.sigma_rels = [float(s) for s in sigma_rels]
+        self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
+        self.snapshot_every = int(snapshot_every)
+        self.update_every = int(update_every)
+        self.step_size_correction = bool(step_size_correction)
+        self.step = 0
+        self.initted = False
+        online = network.state_dict()
+        self.keys = ema_keys(online)
+        self.profiles: list[list[torch.Tensor]] = [
+            [online[k].detach().to(torch.float32, copy=True) for k in self.keys] for _ in self.gammas
+        ]
+
+    def _online(self) -> list[torch.Tensor]:
+        state = self.network.state_dict()
+        return [state[k].detach() for k in self.keys]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        step_before = self.step
+        self.step += 1
+        if step_before % self.update_every == 0:
+            online = [t.float() for t in self._online()]
+            if not self.initted:
+                for profile in self.profiles:
+                    torch._foreach_copy_(profile, online)
+                self.initted = True
+            for gamma, profile in zip(self.gammas, self.profiles):
+                beta = ema_beta(self.step, gamma, self.update_every, self.step_size_correction)
+                torch._foreach_lerp_(profile, online, 1.0 - beta)
+        if self.step % self.snapshot_every == 0:
+            self.write_snapshots()
+
+    def profile_state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """One profile as a network state dict (plain keys)."""
+        return dict(zip(self.keys, self.profiles[index]))
+
+    def write_snapshots(self) -> None:
+        profiles = json.dumps({"sigma_rels": self.sigma_rels, "gammas": self.gammas}, indent=1)
+        io.write_text(self.snapshot_dir / PROFILES_FILE, profiles)
+        for index in range(len(self.gammas)):
+            package: dict[str, object] = {
+                PREFIX + k: v.detach().to("cpu", torch.float32, copy=True)
+                for k, v in self.profile_state_dict(index).items()
+            }
+            package[EXTRA_STATE] = {"initted": self.initted, "step": self.step}
+            io.save_torch(package, self.snapshot_dir / f"{index}.{self.step}.pt")
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "step": self.step,
+            "initted": self.initted,
+            "sigma_rels": list(self.sigma_rels),
+            "keys": list(self.keys),
+            "profiles": [[t.detach().cpu() for t in p] for p in self.profiles],
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        if list(state["sigma_rels"]) != self.sigma_rels:
+            raise ValueError(
+                f"checkpoint EMA has sigma_rels {state['sigma_rels']}, this run {self.sigma_rels}; "
+                "keep the EMA profiles of a run fixed when resuming"
+            )
+        if list(state["keys"]) != self.keys:
+            raise ValueError("checkpoint EMA keys differ from the network's state dict")
+        self.step = int(state["step"])
+        self.initted = bool(state["initted"])
+        for mine, saved in zip(self.profiles, state["profiles"]):
+            torch._foreach_copy_(mine, [t.to(m.device) for m, t in zip(mine, saved)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One EMA snapshot file: its profile's gamma and the step it was taken at."""
+
+    path: Path
+    step: int
+    gamma: float
+
+
+def find_snapshots(folder: str | Path, sigma_rels: Sequence[float] | None = None) -> list[Snapshot]:
+    """Lists `<profile>.<step>.pt` files with each profile's gamma.
+
+    The profiles' sigma_rels come from the folder's profiles.json (written by mmgin) or, for
+    reference snapshots, from `sigma_rels` (the run's EMA setting, in profile order).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"EMA snapshot folder {folder} does not exist")
+    recorded = folder / PROFILES_FILE
+    if recorded.is_file():
+        sigma_rels = json.loads(recorded.read_text())["sigma_rels"]
+    snapshots = []
+    for path in sorted(folder.iterdir()):
+        match = _SNAPSHOT_NAME.match(path.name)
+        if not match:
+            continue
+        profile, step = int(match.group(1)), int(match.group(2))
+        if sigma_rels is None or profile >= len(sigma_rels):
+            raise ValueError(
+                f"{path}: profile {profile} has no sigma_rel ({folder / PROFILES_FILE} is missing); "
+                "pass the training run's EMA sigma_rels in profile order"
+            )
+        snapshots.append(Snapshot(path, step, sigma_rel_to_gamma(sigma_rels[profile])))
+    if not snapshots:
+        raise FileNotFoundError(f"no EMA snapshots (<profile>.<step>.pt) in {folder}")
+    return snapshots
+
+
+def p_dot_p(t_a: np.ndarray, gamma_a: np.ndarray, t_b: np.ndarray, gamma_b: np.ndarray) -> np.ndarray:
+    """Inner product of two power-EMA averaging profiles (Karras et al., Algorithm 3)."""
+    t_ratio = t_a / t_b
+    exponent = np.where(t_a < t_b, gamma_b, -gamma_a)
+    numerator = (gamma_a + 1) * (gamma_b + 1) * t_ratio ** exponent
+    return numerator / ((gamma_a + gamma_b + 1) * np.maximum(t_a, t_b))
+
+
+def solve_weights(t_i: Sequence[float], gamma_i: Sequence[float], t_r: float, gamma_r: float) -> np.ndarray:
+    """Least-squares weights (float64) so that sum_i w_i profile_i best matches profile (t_r, gamma_r)."""
+    t = np.asarray(t_i, dtype=np.float64)
+    g = np.asarray(gamma_i, dtype=np.float64)
+    a = p_dot_p(t[:, None], g[:, None], t[None, :], g[None, :])
+    b = p_dot_p(t, g, np.float64(t_r), np.float64(gamma_r))
+    weights, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return weights
+
+
+def synthesize(
+    snapshots: Sequence[Snapshot], sigma_rel: float, step: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The EMA with `sigma_rel` at `step` (default: the latest snapshot), as a plain state dict.
+
+    Only snapshots taken at or before `step` take part. Floating tensors are summed in float64
+    and returned as float32; other tensors come from the latest snapshot used.
+    """
+    if step is None:
+        step = max(s.step for s in snapshots)
+    used = sorted((s for s in snapshots if s.step <= step), key=lambda s: (s.step, s.gamma))
+    if len(used) < 2:
+        raise ValueError(f"need at least two EMA snapshots at or before step {step}, found {len(used)}")
+    weights = solve_weights([s.step for s in used], [s.gamma for s in used], step, sigma_rel_to_gamma(sigma_rel))
+    total: dict[str, torch.Tensor] = {}
+    for snapshot, weight in zip(used, weights.tolist()):
+        package = io.load_torch(snapshot.path)
+        for key, value in package.items():
+            if key == EXTRA_STATE:
+                continue
+            name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+            if not torch.is_floating_point(value):
+                total[name] = value
+            elif name in total:
+                total[name] += value.double() * weight
+            else:
+                total[name] = value.double() * weight
+    return {k: v.float() if torch.is_floating_point(v) else v for k, v in total.items()}

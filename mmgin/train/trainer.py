@@ -1,0 +1,224 @@
+"""One optimizer step over a list of micro-batches, and the state a checkpoint needs.
+
+The step: bf16 autocast (configurable), the compiled FlowLoss inside DDP (no_sync on the
+accumulating micro-steps), AdamW, clipping by the pre-clip norm of the all-reduced gradients,
+then EMA and scheduler. A non-finite norm (NaN loss, inf gradient) skips the update on every
+rank alike — they see the same all-reduced gradients — and, with the fused AdamW, without
+waiting for the device: the flag goes to the optimizer as `found_inf`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mmgin import dist
+from mmgin.model import FlowMatching, MMAudio
+from mmgin.train import rng
+from mmgin.train.batches import Batch, to_device
+from mmgin.train.ema import PostHocEMA
+from mmgin.train.metrics import NUM_T_BINS, LossByT
+from mmgin.train.optim import lr_scheduler
+from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class NonFiniteError(RuntimeError):
+    """Too many updates in a row were skipped for non-finite loss or gradients."""
+
+
+class Trainer:
+    """The model, optimizer, schedule, EMA and generators of one rank, and the step."""
+
+    def __init__(
+        self,
+        network: MMAudio,
+        flow: FlowMatching,
+        device: torch.device,
+        *,
+        virtual_ranks: Sequence[int],
+        seed: int,
+        precision: str,
+        compile: bool,
+        make_optimizer: Callable[..., torch.optim.Optimizer],
+        lr_schedule: Callable[[int], float],
+        clip_grad_norm: float | None,
+        grad_scaler: bool,
+        null_condition_probability: float,
+        independent_video_dropout: bool,
+        ema: PostHocEMA | None,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"Train.precision={precision!r}; use one of {sorted(PRECISIONS)}")
+        self.network = network
+        self.flow = flow
+        self.device = device
+        self.precision = precision
+        self.accumulation = len(virtual_ranks)
+        self.clip_grad_norm = clip_grad_norm
+        self.null_condition_probability = null_condition_probability
+        self.independent_video_dropout = independent_video_dropout
+        self.ema = ema
+        self.loss_fn: nn.Module = FlowLoss(network, flow)
+        if compile:
+            self.loss_fn = torch.compile(self.loss_fn, fullgraph=True)
+        self.distributed = dist.world_size() > 1
+        self.model: nn.Module = self.loss_fn
+        if self.distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.loss_fn, device_ids=device_ids, broadcast_buffers=False)
+        self.params = [p for p in network.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, precision=precision)
+        self.scheduler = lr_scheduler(self.optimizer, lr_schedule)
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2048) if grad_scaler else None
+        self.generators = [torch.Generator(device).manual_seed(seed + v) for v in virtual_ranks]
+        # Validation and sampling draw from clones of the initial state: same noise every pass.
+        self.initial_generator_states = [g.get_state() for g in self.generators]
+        self.iteration = 0
+        self.loss_by_t = LossByT(device)
+        zeros = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        self.window = {k: zeros() for k in ("loss_sum", "loss_count", "norm_sum", "norm_count", "skipped")}
+        self.skipped_total = zeros()
+        self.consecutive_skips = zeros()
+        self.max_consecutive_skips = zeros()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _grad_norm(self) -> torch.Tensor:
+        if self.clip_grad_norm:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+
+    def _optimizer_step(self, found_inf: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif getattr(self.optimizer, "_step_supports_amp_scaling", False) and self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = found_inf.float()
+            self.optimizer.step()
+        elif not bool(found_inf):  # unfused optimizers cannot skip on the device: one host sync
+            self.optimizer.step()
+
+    def train_step(self, micro_batches: Sequence[Batch]) -> None:
+        """One optimizer step over this rank's micro-batches (len == accumulation)."""
+        if len(micro_batches) != self.accumulation:
+            raise ValueError(f"expected {self.accumulation} micro-batches, got {len(micro_batches)}")
+        self.optimizer.zero_grad(set_to_none=True)
+        for j, cpu_batch in enumerate(micro_batches):
+            batch = to_device(cpu_batch, self.device)
+            noise = draw_noise(batch["a_mean"], self.flow, self.generators[j],
+                               self.null_condition_probability, self.independent_video_dropout)
+            last = j == self.accumulation - 1
+            sync = contextlib.nullcontext() if (last or not self.distributed) else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    per_sample = self.model(**loss_inputs(batch, noise))
+                loss = per_sample.mean() / self.accumulation
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            self._add_losses(noise.t, per_sample.detach())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = self._grad_norm().detach()
+        found_inf = ~torch.isfinite(norm)
+        self._optimizer_step(found_inf)
+        if self.ema is not None:
+            self.ema.update()
+        self.scheduler.step()
+        self.iteration += 1
+        self._add_step(norm, found_inf)
+
+    @torch.no_grad()
+    def _add_losses(self, t: torch.Tensor, per_sample: torch.Tensor) -> None:
+        finite = torch.isfinite(per_sample)
+        clean = torch.where(finite, per_sample, torch.zeros_like(per_sample)).double()
+        self.window["loss_sum"] += clean.sum()
+        self.window["loss_count"] += finite.sum()
+        self.loss_by_t.add(t, clean, valid=finite)
+
+    @torch.no_grad()
+    def _add_step(self, norm: torch.Tensor, found_inf: torch.Tensor) -> None:
+        skipped = found_inf.double()
+        self.window["norm_sum"] += torch.where(found_inf, torch.zeros_like(norm), norm).double()
+        self.window["norm_count"] += 1 - skipped
+        self.window["skipped"] += skipped
+        self.skipped_total += skipped
+        self.consecutive_skips.mul_(skipped).add_(skipped)
+        torch.maximum(self.max_consecutive_skips, self.consecutive_skips, out=self.max_consecutive_skips)
+
+    def collect_window(self) -> dict[str, Any]:
+        """Averages since the last call over all ranks (one all-reduce, one host sync); resets."""
+        packed = torch.cat([
+            torch.stack([self.window[k] for k in ("loss_sum", "loss_count")]),
+            self.loss_by_t.sums, self.loss_by_t.counts,
+        ])
+        dist.all_reduce_sum(packed)
+        host = packed.cpu().numpy()
+        local = {k: float(v) for k, v in self.window.items() if k.startswith("norm") or k == "skipped"}
+        result = {
+            "loss": host[0] / host[1] if host[1] > 0 else float("nan"),
+            "grad_norm": local["norm_sum"] / local["norm_count"] if local["norm_count"] > 0 else float("nan"),
+            "skipped_updates": float(self.skipped_total),
+            "window_skipped": local["skipped"],
+            "max_consecutive_skips": float(self.max_consecutive_skips),
+            "loss_by_t_sums": host[2:2 + NUM_T_BINS],
+            "loss_by_t_counts": host[2 + NUM_T_BINS:],
+        }
+        for value in self.window.values():
+            value.zero_()
+        self.loss_by_t.reset()
+        self.max_consecutive_skips.copy_(self.consecutive_skips)
+        return result
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's share of a checkpoint (the caller gathers RNG states over ranks)."""
+        return {
+            "iteration": self.iteration,
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "skipped_updates": float(self.skipped_total),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("the checkpoint has no EMA state but this run keeps an EMA")
+            self.ema.load_state_dict(state["ema"])
+        self.iteration = int(state["iteration"])
+        self.skipped_total.fill_(float(state.get("skipped_updates", 0.0)))
+
+    def rng_state(self) -> dict[str, Any]:
+        return rng.capture(self.generators)
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        rng.restore(state, self.generators)
+
+    def eval_generators(self) -> list[torch.Generator]:
+        """Fresh generators in the initial state of this rank's step generators."""
+        fresh = []
+        for state in self.initial_generator_states:
+            generator = torch.Generator(self.device)
+            generator.set_state(state)
+            fresh.append(generator)
+        return fresh
