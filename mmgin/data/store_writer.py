@@ -48,11 +48,13 @@ _PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class PlannedRow:
-    """One row to extract: its tsv fields, the caption whose text feature it gets, its media."""
+    """One row to extract: its tsv fields, the caption whose text feature it gets, its media
+    file and, for a clip of a longer file, its [start, end) sample span at the file's rate."""
 
     fields: Mapping[str, str]
     caption: str
     source: str
+    span: tuple[int, int] | None = None
 
     @property
     def id(self) -> str:
@@ -80,7 +82,7 @@ class Plan:
         return json.dumps({
             "version": _PLAN_VERSION,
             "columns": list(self.columns),
-            "rows": [[dict(r.fields), r.caption, r.source] for r in self.rows],
+            "rows": [[dict(r.fields), r.caption, r.source, r.span] for r in self.rows],
             "row_shapes": {k: list(v) for k, v in self.row_shapes.items()},
             "text_shape": list(self.text_shape),
             "format": [self.store_format.feature_dtype, self.store_format.dedup_text],
@@ -92,7 +94,7 @@ class Plan:
         data = json.loads(text)
         return cls(
             columns=tuple(data["columns"]),
-            rows=[PlannedRow(f, c, s) for f, c, s in data["rows"]],
+            rows=[PlannedRow(f, c, s, None if span is None else tuple(span)) for f, c, s, span in data["rows"]],
             row_shapes={k: tuple(v) for k, v in data["row_shapes"].items()},
             text_shape=tuple(data["text_shape"]),
             store_format=StoreFormat(data["format"][0], data["format"][1]),
