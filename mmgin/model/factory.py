@@ -1,0 +1,76 @@
+"""Builds a named MMAudio network, optionally from a checkpoint in the released format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gin
+import torch
+
+from mmgin.model.network import VARIANTS, MMAudio
+from mmgin.model.sequence import SequenceConfig
+
+
+def network_kwargs(name: str, duration: float = 8.0) -> dict[str, Any]:
+    """Constructor arguments of the variant ``name`` for clips of ``duration`` seconds."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown network {name!r}; expected one of {sorted(VARIANTS)}")
+    variant = VARIANTS[name]
+    seq = SequenceConfig.for_mode(variant.mode, duration)
+    return dict(
+        latent_dim=variant.latent_dim,
+        hidden_dim=variant.hidden_dim,
+        depth=variant.depth,
+        fused_depth=variant.fused_depth,
+        num_heads=variant.num_heads,
+        latent_seq_len=seq.latent_seq_len,
+        clip_seq_len=seq.clip_seq_len,
+        sync_seq_len=seq.sync_seq_len,
+        text_seq_len=seq.text_seq_len,
+        v2=variant.v2,
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a released network file: a bare state dict, tensors only (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"network checkpoint {path} does not exist; download the released weights "
+            "(mmaudio_<name>.pth) or point checkpoint= at a training snapshot"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path} is not a bare state dict of tensors (the released network format); "
+            "extract the network weights from a training checkpoint first"
+        )
+    return state
+
+
+@gin.configurable
+def get_network(
+    name: str,
+    checkpoint: str | Path | None = None,
+    duration: float = 8.0,
+    **overrides: Any,
+) -> MMAudio:
+    """The network ``name`` (small_16k, small_44k, medium_44k, large_44k, large_44k_v2,
+    tiny_16k, tiny_44k) on the CPU.
+
+    With ``checkpoint`` the module is built on the meta device and adopts the loaded tensors,
+    so no time is spent on an initialisation that the weights replace. ``overrides`` go to the
+    MMAudio constructor (e.g. activation_checkpointing=True, latent_mean=...).
+    """
+    kwargs = network_kwargs(name, duration) | overrides
+    if checkpoint is None:
+        return MMAudio(**kwargs)
+    state = load_checkpoint(checkpoint)
+    with torch.device("meta"):
+        network = MMAudio(**kwargs)
+    try:
+        network.load_weights(state, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint} does not fit network {name!r}: {e}") from e
+    return network
