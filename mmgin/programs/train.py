@@ -34,11 +34,13 @@ TensorBoard tags (rank 0; scalars unless noted):
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gin
+import numpy as np
 import torch
 from absl import logging
 from torch.utils.data import Dataset
@@ -65,6 +67,8 @@ TENSORBOARD_DIR = "tensorboard"
 class Train(Program):
     """Trains `network` on `train_dataset` with the paper's recipe by default.
 
+    `network` is bound as a factory (`Train.network = @get_network`) so that it is built after
+    seeding, identically on every rank and in every run.
     `batch_size` is the GLOBAL batch; `micro_batch_size` (per GPU) with gradient accumulation
     keeps it on fewer or smaller GPUs. A run restarted in the same output_dir resumes from its
     newest readable checkpoint; `checkpoint=` resumes from a given file; `weights=` starts
@@ -74,7 +78,7 @@ class Train(Program):
     def __init__(
         self,
         output_dir: str | Path = gin.REQUIRED,
-        network: MMAudio = gin.REQUIRED,
+        network: Callable[[], MMAudio] | MMAudio = gin.REQUIRED,
         train_dataset: Dataset = gin.REQUIRED,
         val_dataset: Dataset | None = None,
         codec: Any = None,
@@ -128,7 +132,11 @@ class Train(Program):
             logging.info("Train.val_dataset is None: no validation loss or samples")
         if sample_every and val_dataset is not None and codec is None:
             logging.info("Train.codec is None: validation samples are not generated")
-        self.network = network
+        # Every rank builds the same initial weights (the reference seeds before building).
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        self.network = network if isinstance(network, torch.nn.Module) else network()
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.codec = codec
