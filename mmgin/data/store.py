@@ -214,7 +214,9 @@ class FeatureStore:
         return out
 
     def bytes_read(self, indices: torch.Tensor) -> int:
-        """Bytes of storage a ``read(indices)`` gathers (distinct text-table rows counted once)."""
+        """Distinct bytes of storage that reading rows ``indices`` touches: each row's own data,
+        plus each text-table row once however many of the rows share it. Over an epoch this is
+        what must come from disk or the page cache."""
         td = self._tensors()
         total = 0
         for key in self.row_keys:
