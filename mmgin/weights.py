@@ -250,7 +250,7 @@ def _fetch_into(url: str, part: Path, timeout: float, progress: bool, label: str
 
 
 def download(
-    name: str,
+    name: str | WeightFile,
     root: str | os.PathLike | None = None,
     *,
     url_base: str | None = None,
@@ -258,12 +258,13 @@ def download(
     timeout: float = 60.0,
     progress: bool = True,
 ) -> Path:
-    """Downloads one registered file (resuming a previous ``.part``), verifies it, renames it into place.
+    """Downloads one file (a registry name or entry), resuming a previous ``.part``, verifies it,
+    and renames it into place.
 
     A file already present that passes its check is left alone. A checksum mismatch deletes the
     partial file and raises, so nothing that looks complete is left behind.
     """
-    item = entry(name)
+    item = name if isinstance(name, WeightFile) else entry(name)
     target = weights_dir(root) / item.file
     if target.is_file():
         problem = check_file(item, target)
@@ -287,7 +288,7 @@ def download(
                     f"run the same command again to resume."
                 ) from error
             log.warning("%s: %s; retrying (%d/%d)", item.name, error, attempt + 1, retries)
-            time.sleep(min(2.0**attempt, 10.0))
+            time.sleep(min(0.5 * 2.0**attempt, 10.0))
     problem = check_file(item, part)
     if problem is not None:
         part.unlink()
