@@ -10,6 +10,7 @@ recorded with its reason and skipped, never stopping the run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -72,6 +73,15 @@ class StageTimes:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
 
+    @contextlib.contextmanager
+    def measure(self, stage: str, device: torch.device | None = None):
+        """Times a block; on CUDA it waits for the queued kernels, so the time is the stage's."""
+        start = time.perf_counter()
+        yield
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.add(stage, time.perf_counter() - start)
+
     def text(self) -> str:
         return ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.seconds.items()))
 
@@ -126,11 +136,9 @@ class Extraction:
     def _encode_texts(self, writer: StoreWriter, status: torch.Tensor) -> None:
         blocks = rank_blocks(len(writer.captions), self.text_batch_size, status, dist.rank(), dist.world_size())
         for block in blocks:
-            start = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), self.times.measure("text", dist.info().device):
                 features = self.encode_text([writer.captions[i] for i in block])
             writer.write_text(block, features)
-            self.times.add("text", time.perf_counter() - start)
 
     def _encode_rows(self, writer: StoreWriter, status: torch.Tensor) -> None:
         blocks = rank_blocks(len(self.plan.rows), self.batch_size, status, dist.rank(), dist.world_size())
@@ -160,9 +168,8 @@ class Extraction:
                 batch = {k: v.to(device, non_blocking=True) for k, v in block["batch"].items()}
                 with torch.inference_mode():
                     features = self.encode_batch(batch)
-                start = time.perf_counter()
-                writer.write_rows(block["rows"], {k: v.cpu() for k, v in features.items()})
-                self.times.add("write", time.perf_counter() - start)
+                with self.times.measure("write"):
+                    writer.write_rows(block["rows"], {k: v.cpu() for k, v in features.items()})
             count = len(block["rows"]) + len(block["failures"])
             done += count
             progress.update(count)

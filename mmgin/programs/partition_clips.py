@@ -12,35 +12,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import av
 import gin
 from torch.utils.data import DataLoader, Dataset
 
 from mmgin import dist
 from mmgin.data import tsv as tsv_io
 from mmgin.data.store_writer import FAILURE_COLUMNS
-from mmgin.media.errors import MediaError, NoAudioStream, UnreadableMedia
+from mmgin.media.audio import decode_audio
+from mmgin.media.errors import MediaError
 from mmgin.programs.base import Program
 
 CLIP_COLUMNS = ("id", "name", "start_sample", "end_sample")
 
 
 def audio_length(path: str | Path) -> tuple[int, int]:
-    """(number of samples, sample rate) of the first audio stream, counted by decoding it."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise NoAudioStream("the file has no audio stream", path)
-            stream = container.streams.audio[0]
-            total, rate = 0, stream.codec_context.sample_rate
-            for frame in container.decode(stream):
-                total += frame.samples
-                rate = frame.sample_rate
-    except av.FFmpegError as error:
-        raise UnreadableMedia(f"cannot decode audio: {error}", path) from error
-    if not rate or total == 0:
-        raise UnreadableMedia("the audio stream holds no samples", path)
-    return total, rate
+    """(number of samples, sample rate) of the first audio stream at its native rate."""
+    decoded = decode_audio(path)
+    return decoded.num_frames, decoded.sample_rate
 
 
 def clip_spans(total: int, rate: int, seconds: float = 8.1, max_clips: int = 5) -> list[tuple[int, int]]:
