@@ -9,7 +9,7 @@ import torch
 from absl import logging
 
 from mmgin.eval import embedders
-from mmgin.eval.benchmark import evaluate_caches
+from mmgin.eval.benchmark import EvaluationResult, evaluate_caches
 from mmgin.eval.report import ScalarWriter, explain_missing_predictions, publish
 
 
@@ -80,8 +80,8 @@ class EvaluationHook:
             return f"av-benchmark extraction failed: {type(e).__name__}: {e}"
         return None
 
-    def __call__(self, audio_dir: str | Path, iteration: int,
-                 writer: ScalarWriter | None = None) -> dict[str, float]:
+    def evaluate(self, audio_dir: str | Path) -> EvaluationResult:
+        """Extracts `audio_dir/cache` (when av-benchmark is available) and scores it."""
         audio_dir = Path(audio_dir)
         cache_dir = audio_dir / "cache"
         problem = self.extract(audio_dir, cache_dir)
@@ -92,6 +92,11 @@ class EvaluationHook:
                 clean_sample_names=self.clean_sample_names, device=self.device,
             )
         explain_missing_predictions(result, problem)
+        return result
+
+    def __call__(self, audio_dir: str | Path, iteration: int,
+                 writer: ScalarWriter | None = None) -> dict[str, float]:
+        result = self.evaluate(audio_dir)
         publish(result, tag=self.tag, iteration=iteration, writer=writer,
-                json_path=audio_dir / self.metrics_filename)
+                json_path=Path(audio_dir) / self.metrics_filename)
         return result.metrics

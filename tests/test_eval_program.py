@@ -1,0 +1,121 @@
+"""The Evaluate program end to end: tiny network in released format → flac, mp4, metrics.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mmgin import cli, io
+from mmgin.eval.benchmark import ALL_METRICS
+from mmgin.model import get_network
+from mmgin.programs.evaluate import load_network_weights
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_PUBLIC = Path(__file__).resolve().parent / "fixtures" / "eval_public"
+TINY = ["gin/audio/tiny.gin", "gin/test/tiny_encoders.gin"]
+FAST = ["NETWORK = 'tiny_16k'", "FlowMatching.num_steps = 1", "Evaluate.batch_size = 2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """tiny_16k saved as a bare state dict, the released network format."""
+    network = get_network("tiny_16k", latent_mean=torch.zeros(20), latent_std=torch.full((20,), 0.5))
+    path = tmp_path_factory.mktemp("weights") / "mmaudio_tiny_16k.pth"
+    io.save_torch(network.state_dict(), path)
+    return path
+
+
+def _evaluate(params: list[str]) -> None:
+    assert cli.run(["gin/evaluate_16k.gin", *TINY], FAST + params, [str(REPO)], dry_run=False) == 0
+
+
+def _audio_info(path: Path) -> tuple[str, int, int]:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return stream.codec_context.name, stream.sample_rate, samples
+
+
+def _check_mp4(path: Path, seconds: float, rate: int) -> None:
+    with av.open(str(path)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
+        frames = sum(1 for _ in container.decode(video))
+        assert frames == round(seconds * float(video.average_rate))
+        assert audio.codec_context.name == "aac" and audio.sample_rate == rate
+        assert float(audio.duration * audio.time_base) == pytest.approx(seconds, abs=0.07)
+
+
+def test_evaluate_example_store_writes_flac_mp4_and_metrics(example_workspace, tiny_weights, tmp_path):
+    out = tmp_path / "eval"
+    # Pred cache files already in place (as if av-benchmark had run) are scored; with no
+    # av_bench nothing new is extracted and every metric that needs more says why.
+    (out / "test-sampled" / "cache").mkdir(parents=True)
+    for name in ("vggish_features.pth", "pann_features.pth"):
+        shutil.copy(EVAL_PUBLIC / "pred" / name, out / "test-sampled" / "cache" / name)
+    _evaluate([f"WEIGHTS = '{tiny_weights}'", f"OUTPUT_DIR = '{out}'", "Evaluate.limit = 2",
+               f"STORE = '{example_workspace / 'stores' / 'video-16k'}'",
+               f"SOURCE_VIDEOS = '{example_workspace / 'videos'}'", f"GT_CACHE = '{EVAL_PUBLIC / 'gt'}'"])
+
+    ids = ["video_000", "video_001"]
+    assert sorted(p.stem for p in (out / "test-sampled").glob("*.flac")) == ids
+    for item in ids:
+        assert _audio_info(out / "test-sampled" / f"{item}.flac") == ("flac", 16000, 128000)
+        _check_mp4(out / "test-sampled-videos" / f"{item}.mp4", 8.0, 16000)
+
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["generated"] == 2 and document["failures"] == []
+    assert set(document["metrics"]) == {"FD-VGG", "FD-PANN", "KL-PANNS-softmax", "ISC-PANNS-mean",
+                                        "ISC-PANNS-std"}
+    assert set(document["metrics"]) | set(document["unavailable"]) == set(ALL_METRICS)
+    assert "passt_logits.pth" in document["unavailable"]["KL-PASST-softmax"]
+    if importlib.util.find_spec("av_bench") is None:
+        assert "av_bench package is not importable" in document["unavailable"]["FD-PASST"]
+    events = EventAccumulator(str(out)).Reload()
+    assert {"test/FD-VGG", "test/ISC-PANNS-mean"} <= set(events.Tags()["scalars"])
+
+
+def test_evaluate_videos_with_captions_and_text_only(example_workspace, tiny_weights, tmp_path):
+    """2 s clips (the network and the frame counts follow Evaluate.duration) to stay fast."""
+    captions = tmp_path / "captions.csv"
+    captions.write_text('name,caption\nvideo_001,"a square pulsing, humming"\nrain,rain on a roof\n')
+    short = ["Evaluate.duration = 2.0"]
+    out = tmp_path / "videos"
+    _evaluate(short + [f"WEIGHTS = '{tiny_weights}'", f"OUTPUT_DIR = '{out}'", "Evaluate.limit = 2",
+                       f"VIDEO_DIR = '{example_workspace / 'videos'}'", f"CAPTIONS_CSV = '{captions}'"])
+    assert sorted(p.stem for p in (out / "test-sampled").glob("*.flac")) == ["video_000", "video_001"]
+    # ceil(2 s · 16000 / 256 / 2) = 63 latents of 512 samples.
+    assert _audio_info(out / "test-sampled" / "video_001.flac") == ("flac", 16000, 63 * 512)
+    _check_mp4(out / "test-sampled-videos" / "video_001.mp4", 2.0, 16000)
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["metrics"] == {}
+    assert all("no ground-truth cache" in r for r in document["unavailable"].values())
+
+    text_only = tmp_path / "text"
+    _evaluate(short + [f"WEIGHTS = '{tiny_weights}'", f"OUTPUT_DIR = '{text_only}'",
+                       f"CAPTIONS_CSV = '{captions}'"])
+    assert sorted(p.stem for p in (text_only / "test-sampled").glob("*.flac")) == ["rain", "video_001"]
+    assert not (text_only / "test-sampled-videos").exists()
+
+
+def test_weights_formats_and_bad_inputs(tiny_weights, tmp_path):
+    state, iteration = load_network_weights(tiny_weights)
+    assert iteration is None and "latent_mean" in state
+    checkpoint = tmp_path / "ckpt_000000100.pth"
+    io.save_torch({"iteration": 100, "network": state, "optimizer": {}}, checkpoint)
+    assert load_network_weights(checkpoint)[1] == 100
+    torch.save([1, 2], tmp_path / "junk.pth")
+    with pytest.raises(ValueError, match="neither a network state dict"):
+        load_network_weights(tmp_path / "junk.pth")
+    with pytest.raises(FileNotFoundError, match="Evaluate.weights=.*does not exist"):
+        load_network_weights(tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="exactly one input"):
+        cli.run(["gin/evaluate_16k.gin", *TINY], FAST + [f"WEIGHTS = '{tiny_weights}'",
+                f"OUTPUT_DIR = '{tmp_path}/o'"], [str(REPO)], dry_run=True)
