@@ -46,8 +46,11 @@ from absl import logging
 from torch.utils.data import Dataset
 
 from mmgin import dist, io
+from mmgin.audio import AudioCodec
 from mmgin.data.loader import DistributedBatchLoader
+from mmgin.media.write import write_audio
 from mmgin.model import FlowMatching, MMAudio
+from mmgin.model.flops import training_flops_per_sample
 from mmgin.programs.base import Program
 from mmgin.train import checkpoint as ckpt
 from mmgin.train import ema as ema_lib
@@ -81,7 +84,7 @@ class Train(Program):
         network: Callable[[], MMAudio] | MMAudio = gin.REQUIRED,
         train_dataset: Dataset = gin.REQUIRED,
         val_dataset: Dataset | None = None,
-        codec: Any = None,
+        codec: AudioCodec | None = None,
         flow: FlowMatching | None = None,
         batch_size: int = 512,
         micro_batch_size: int | None = None,
@@ -137,6 +140,15 @@ class Train(Program):
         np.random.seed(seed)
         random.seed(seed)
         self.network = network if isinstance(network, torch.nn.Module) else network()
+        expected = (self.network.latent_seq_len, self.network.latent_dim)
+        for role, dataset in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
+            shape = tuple(getattr(dataset, "latent_shape", expected))
+            if dataset is not None and shape != expected:
+                raise ValueError(
+                    f"Train.{role} has latents of shape {shape} but the network expects {expected} "
+                    "(latent length, channels): the stores were extracted for another audio mode "
+                    "or duration than the network's"
+                )
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.codec = codec
@@ -228,6 +240,8 @@ class Train(Program):
             self.network.load_weights(ckpt.network_weights(self.weights))
         self._set_latent_statistics()
         self.network.to(self.device).train()
+        if self.codec is not None:
+            self.codec.to(self.device)
         virtual_ranks = [info.rank * self.accumulation + j for j in range(self.accumulation)]
         ema = None
         if self.use_ema and info.is_main:
@@ -337,16 +351,12 @@ class Train(Program):
         dist.log_main("it %d | val/loss %.5f", it, mean)
 
     def _sample(self, writer: Writer) -> None:
-        from mmgin.audio import get_mel_converter
-        from mmgin.media.audio import write_audio
-
         info = dist.info()
         it = self.trainer.iteration
         audio_dir = self.output_dir / SAMPLES_DIR / f"{it:09d}"
         count = len(self.val_dataset) if self.num_samples is None else min(self.num_samples, len(self.val_dataset))
         generator = self.trainer.eval_generators()[0]
         self.network.eval()
-        mel = get_mel_converter(self.codec.mode).to(self.device) if info.is_main else None
         for indices in shard_indices(count, info.rank, info.world_size, self.sample_batch_size):
             batch = to_device(self.val_dataset.__getitems__(indices), self.device)
             latents = generate(self.network, self.flow, batch, generator, self.cfg_strength, self.trainer.autocast)
@@ -355,7 +365,7 @@ class Train(Program):
             for item_id, waveform in zip(batch["id"], audio):
                 write_audio(audio_dir / f"{item_id}.flac", waveform, self.codec.sampling_rate)
             if info.is_main and indices[0] < self.tensorboard_samples:
-                self._log_samples(writer, mel, batch, audio, indices, it)
+                self._log_samples(writer, batch, audio, indices, it)
         self.network.train()
         dist.barrier()
         if info.is_main and self.eval_hook is not None:
@@ -363,8 +373,8 @@ class Train(Program):
         dist.barrier()
 
     @torch.no_grad()
-    def _log_samples(self, writer: Writer, mel: torch.nn.Module, batch: dict, audio: torch.Tensor,
-                     indices: list[int], it: int) -> None:
+    def _log_samples(self, writer: Writer, batch: dict, audio: torch.Tensor, indices: list[int],
+                     it: int) -> None:
         shown = [k for k, index in enumerate(indices) if index < self.tensorboard_samples]
         truth = self.codec.decode_latent(batch["a_mean"][shown]).float().cpu()
         rate = self.codec.sampling_rate
@@ -372,7 +382,7 @@ class Train(Program):
             index = indices[k]
             for suffix, wave in (("", waveform), ("_gt", reference)):
                 writer.audio(f"sample/{index}/audio{suffix}", wave, rate, it)
-                spectrum = mel(wave.to(self.device).unsqueeze(0))[0]
+                spectrum = self.codec.mel(wave.to(self.device).unsqueeze(0))[0]
                 writer.image(f"sample/{index}/mel{suffix}", spectrogram_image(spectrum), it)
 
     # --------------------------------------------------------------------- run
@@ -383,8 +393,6 @@ class Train(Program):
         trainer = self.trainer
         writer = Writer(self.output_dir / TENSORBOARD_DIR)
         writer.text("config", "```\n" + gin.operative_config_str() + "\n```")
-        from mmgin.model.flops import training_flops_per_sample
-
         flops = training_flops_per_sample(self.network) if dist.is_main() else None
         peak = peak_flops(self.device, self.precision, self.peak_tflops)
         dist.log_main(
