@@ -180,6 +180,8 @@ class Evaluate(Program):
             raise ValueError(f"Evaluate.codec is {codec.mode} but network {self.network_name} "
                              f"generates {self.seq.mode} latents; bind AudioCodec.mode = '{self.seq.mode}'")
         source = self._source(device)
+        if self.write_videos and self.store and not self.source_videos:
+            dist.log_main("no Evaluate.source_videos for the store: no mp4s are written")
         count = len(source.ids) if self.limit is None else min(self.limit, len(source.ids))
         mine = list(range(info.rank, count, info.world_size))
         generator = torch.Generator(device=device).manual_seed(self.seed + info.rank)
@@ -211,9 +213,10 @@ class Evaluate(Program):
                     self._mux(source, item_id, wav, codec.sampling_rate, failures)
 
         totals = dist.all_gather_objects({"written": written, "failures": [vars(f) for f in failures]})
+        # Only rank 0 scores; the others leave now instead of waiting in a collective that
+        # could time out while av-benchmark extracts features.
         if info.is_main:
             self._finish(totals, iteration, time.time() - started)
-        dist.barrier()
 
     def _mux(self, source: ConditionSource, item_id: str, wav: torch.Tensor, rate: int,
              failures: list[Failure]) -> None:
