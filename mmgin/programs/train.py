@@ -191,7 +191,9 @@ class Train(Program):
         self.device = info.device
 
     # ------------------------------------------------------------------ setup
-    def _configure_torch(self) -> None:
+    def _configure_torch(self) -> Callable[[], None]:
+        """Applies the run's torch settings; returns what puts the previous ones back."""
+        previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         if self.deterministic:
@@ -201,6 +203,12 @@ class Train(Program):
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
             torch.backends.cudnn.benchmark = not self.deterministic
+
+        def restore() -> None:
+            torch.set_num_threads(previous[0])
+            torch.use_deterministic_algorithms(previous[1])
+
+        return restore
 
     def _resume_state(self) -> dict[str, Any] | None:
         if self.checkpoint is not None:
@@ -387,7 +395,13 @@ class Train(Program):
 
     # --------------------------------------------------------------------- run
     def run(self) -> None:
-        self._configure_torch()
+        restore_torch_settings = self._configure_torch()
+        try:
+            self._train()
+        finally:
+            restore_torch_settings()
+
+    def _train(self) -> None:
         resume = self._resume_state()
         self._build(resume)
         trainer = self.trainer

@@ -1,0 +1,128 @@
+"""Checkpoints: a run killed at a random step resumes bit-identically; a truncated newest
+checkpoint falls back to the previous one; an explicit checkpoint resumes from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmgin import cli, io
+from mmgin.train import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
+    stores = workspace / "stores"
+    params = {
+        "VIDEO_STORES": [str(stores / "video-16k")],
+        "AUDIO_STORES": [str(stores / "audio-16k")],
+        "VAL_STORE": str(stores / "video-16k"),
+        "OUTPUT_DIR": str(out),
+        "training_mixture.video_oversample": 1,
+        "Train.batch_size": 2,
+        "Train.num_iterations": STEPS,
+        "Train.checkpoint_every": 1,
+        "Train.val_every": 3,
+        "Train.sample_every": 1000,
+        "Train.ema_snapshot_every": 2,
+        "Train.deterministic": True,
+        "Train.num_threads": 1,
+    }
+    params.update(overrides)
+    return [f"{k} = {v!r}" for k, v in params.items()]
+
+
+FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]
+
+
+def run_in_process(params: list[str]) -> None:
+    cli.run(FILES, params, [str(REPO)], dry_run=False)
+
+
+def final_state(out: Path) -> dict:
+    newest = ckpt.list_checkpoints(out)[0]
+    return io.load_torch(newest)
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["iteration"] == b["iteration"] == STEPS
+    for key in a["network"]:
+        assert torch.equal(a["network"][key], b["network"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), name
+    for pa, pb in zip(a["ema"]["profiles"], b["ema"]["profiles"]):
+        assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+    assert a["ema"]["step"] == b["ema"]["step"] == STEPS
+    assert all(torch.equal(x, y) for x, y in zip(a["rng"][0]["generators"], b["rng"][0]["generators"]))
+    assert a["loader"] == b["loader"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(example_workspace, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run_in_process(train_params(example_workspace, out))
+    return out
+
+
+def test_sigkill_at_a_random_step_then_restart_is_bit_identical(example_workspace, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    kill_after = random.randint(1, STEPS - 2)
+    command = [sys.executable, str(REPO / "launch.py"), *(f"--gin_file={f}" for f in FILES),
+               *(f"--gin_param={p}" for p in train_params(example_workspace, out))]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target = ckpt.checkpoint_path(out, kill_after)
+    deadline = time.monotonic() + 300
+    while not target.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))  # somewhere inside the next step (or its save)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{stderr[-2000:]}"
+    saved = [int(p.stem.split("_")[1]) for p in ckpt.list_checkpoints(out)]
+    assert saved and max(saved) < STEPS, f"killed after step {kill_after}: {saved}"
+
+    run_in_process(train_params(example_workspace, out))  # same command: resumes automatically
+    assert_identical(final_state(uninterrupted), final_state(out))
+    assert len(ckpt.list_checkpoints(out)) == 2  # the last one and the one before
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(example_workspace, uninterrupted, tmp_path, caplog):
+    out = tmp_path / "run"
+    run_in_process(train_params(example_workspace, out, **{"Train.num_iterations": 4, "Train.checkpoint_every": 2}))
+    newest = ckpt.checkpoint_path(out, 4)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        run_in_process(train_params(example_workspace, out))
+    assert any("ckpt_000000004.pth is unreadable" in r.getMessage() for r in caplog.records)
+    assert_identical(final_state(uninterrupted), final_state(out))
+
+
+def test_explicit_checkpoint_resumes_and_corrupt_one_is_an_error(example_workspace, uninterrupted, tmp_path):
+    source = ckpt.checkpoint_path(uninterrupted, STEPS - 1)
+    out = tmp_path / "run"
+    run_in_process(train_params(example_workspace, out, **{"Train.checkpoint": str(source)}))
+    assert_identical(final_state(uninterrupted), final_state(out))
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(source.read_bytes()[:1000])
+    with pytest.raises(ckpt.CheckpointError, match="unreadable"):
+        run_in_process(train_params(example_workspace, tmp_path / "other", **{"Train.checkpoint": str(broken)}))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    state = {"network": {"w": torch.tensor([1.0, float("nan")])}, "iteration": 3}
+    with pytest.raises(ckpt.CheckpointError, match="non-finite values in w"):
+        ckpt.save(tmp_path, 3, state)
+    assert ckpt.list_checkpoints(tmp_path) == []
