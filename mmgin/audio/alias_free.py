@@ -13,7 +13,10 @@ from torch import nn
 
 
 def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
-    """Kaiser-windowed sinc low-pass filter, normalised to unit DC gain, shape (1, 1, kernel_size)."""
+    """Kaiser-windowed sinc low-pass filter, normalised to unit DC gain, shape (1, 1, kernel_size).
+
+    Always computed on the CPU (a constant; also keeps meta-device construction cheap).
+    """
     even = kernel_size % 2 == 0
     half_size = kernel_size // 2
     delta_f = 4 * half_width
@@ -24,13 +27,14 @@ def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> 
         beta = 0.5842 * (attenuation - 21) ** 0.4 + 0.07886 * (attenuation - 21.0)
     else:
         beta = 0.0
-    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False)
+    cpu = torch.device("cpu")
+    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False, device=cpu)
     if even:
-        time = torch.arange(-half_size, half_size) + 0.5
+        time = torch.arange(-half_size, half_size, device=cpu) + 0.5
     else:
-        time = torch.arange(kernel_size) - half_size
+        time = torch.arange(kernel_size, device=cpu) - half_size
     if cutoff == 0:
-        return torch.zeros(1, 1, kernel_size)
+        return torch.zeros(1, 1, kernel_size, device=cpu)
     taps = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
     taps = taps / taps.sum()
     return taps.view(1, 1, kernel_size)

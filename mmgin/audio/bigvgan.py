@@ -158,11 +158,12 @@ def fuse_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for suffix, part in {**_LEGACY, **_PARAMETRIZED}.items():
-            if key.endswith(suffix):
-                prefix = key[: -len(suffix)]
+            if key.endswith(suffix) or key == suffix[1:]:
+                prefix = key[: -len(suffix)] if key.endswith(suffix) else ""
                 pairs.setdefault(prefix, {})[part] = value
                 if len(pairs[prefix]) == 2:
-                    out[prefix + ".weight"] = torch._weight_norm(pairs[prefix]["v"], pairs[prefix]["g"], 0)
+                    name = f"{prefix}.weight" if prefix else "weight"
+                    out[name] = torch._weight_norm(pairs[prefix]["v"], pairs[prefix]["g"], 0)
                 break
         else:
             out[key] = value
