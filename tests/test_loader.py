@@ -109,3 +109,13 @@ def test_mixture_oversamples_and_marks_modalities(stores):
                                audio["mean"].reshape(-1, LATENT[1]).double().mean(0).float())
     with pytest.raises(ValueError, match="not in the mixture"):
         DatasetMixture(video_sets=[ExtractedVideoDataset(store=root / "vgg")], oversample={"vggsound": 5})
+
+
+def test_without_drop_last_ranks_get_equal_batches_covering_everything(stores):
+    root, _, _ = stores
+    dataset = ExtractedVideoDataset(store=root / "vgg")  # 10 rows over 3 ranks: 2 repeats
+    per_rank = [list(DistributedBatchLoader(dataset, batch_size=3, seed=2, rank=r, world_size=3, num_workers=0,
+                                            drop_last=False)) for r in range(3)]
+    assert [len(batches) for batches in per_rank] == [2, 2, 2]
+    ids = [i for batches in per_rank for batch in batches for i in batch["id"]]
+    assert len(ids) == 12 and set(ids) == set(dataset.store.ids)

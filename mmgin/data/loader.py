@@ -2,8 +2,9 @@
 
 Every epoch has one permutation of the whole dataset, drawn from a CPU generator seeded with
 ``seed + epoch``, so every rank computes the same permutation without communicating. Rank r
-takes positions r, r + W, r + 2W, ... (W = world size) and cuts them into micro-batches; with
-``drop_last`` every rank gets the same number of full batches. The loader counts the batches
+takes positions r, r + W, r + 2W, ... (W = world size) and cuts them into micro-batches; every
+rank gets the same number of batches (full ones with ``drop_last``; otherwise the last may be
+short and a few samples repeat so that the ranks stay even). The loader counts the batches
 it has handed out, so ``state_dict()`` saved at any step resumes at exactly the next batch.
 
 Batches are read by the dataset's ``__getitems__`` (one sorted gather per feature) in
@@ -33,11 +34,21 @@ def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
 def rank_batches(
     size: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool
 ) -> list[list[int]]:
-    """The index lists of one rank's batches in one epoch (see the module docstring)."""
-    positions = epoch_permutation(size, seed, epoch)[rank::world_size]
+    """The index lists of one rank's batches in one epoch (see the module docstring).
+
+    Without ``drop_last`` the permutation is padded with its own first entries up to a multiple
+    of the world size (as DistributedSampler does), so every rank has the same number of
+    batches, the last one possibly short: collectives inside the loop stay matched.
+    """
+    permutation = epoch_permutation(size, seed, epoch)
     if drop_last:
         per_rank = (size // world_size) // batch_size * batch_size
-        positions = positions[:per_rank]
+        positions = permutation[rank::world_size][:per_rank]
+    else:
+        padding = -size % world_size
+        if padding:
+            permutation = torch.cat([permutation, permutation.repeat(padding // max(size, 1) + 1)[:padding]])
+        positions = permutation[rank::world_size]
     return [chunk.tolist() for chunk in positions.split(batch_size)] if len(positions) else []
 
 
