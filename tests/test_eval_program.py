@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -85,15 +89,15 @@ def test_evaluate_example_store_writes_flac_mp4_and_metrics(example_workspace, t
 def test_evaluate_videos_with_captions_and_text_only(example_workspace, tiny_weights, tmp_path):
     """2 s clips (the network and the frame counts follow Evaluate.duration) to stay fast."""
     captions = tmp_path / "captions.csv"
-    captions.write_text('name,caption\nvideo_001,"a square pulsing, humming"\nrain,rain on a roof\n')
+    captions.write_text('name,caption\nvideo_000,"a ball bouncing, clicking"\nrain,rain on a roof\n')
     short = ["Evaluate.duration = 2.0"]
     out = tmp_path / "videos"
-    _evaluate(short + [f"WEIGHTS = '{tiny_weights}'", f"OUTPUT_DIR = '{out}'", "Evaluate.limit = 2",
+    _evaluate(short + [f"WEIGHTS = '{tiny_weights}'", f"OUTPUT_DIR = '{out}'", "Evaluate.limit = 1",
                        f"VIDEO_DIR = '{example_workspace / 'videos'}'", f"CAPTIONS_CSV = '{captions}'"])
-    assert sorted(p.stem for p in (out / "test-sampled").glob("*.flac")) == ["video_000", "video_001"]
+    assert [p.stem for p in (out / "test-sampled").glob("*.flac")] == ["video_000"]
     # ceil(2 s · 16000 / 256 / 2) = 63 latents of 512 samples.
-    assert _audio_info(out / "test-sampled" / "video_001.flac") == ("flac", 16000, 63 * 512)
-    _check_mp4(out / "test-sampled-videos" / "video_001.mp4", 2.0, 16000)
+    assert _audio_info(out / "test-sampled" / "video_000.flac") == ("flac", 16000, 63 * 512)
+    _check_mp4(out / "test-sampled-videos" / "video_000.mp4", 2.0, 16000)
     document = json.loads((out / "metrics.json").read_text())
     assert document["metrics"] == {}
     assert all("no ground-truth cache" in r for r in document["unavailable"].values())
@@ -101,8 +105,39 @@ def test_evaluate_videos_with_captions_and_text_only(example_workspace, tiny_wei
     text_only = tmp_path / "text"
     _evaluate(short + [f"WEIGHTS = '{tiny_weights}'", f"OUTPUT_DIR = '{text_only}'",
                        f"CAPTIONS_CSV = '{captions}'"])
-    assert sorted(p.stem for p in (text_only / "test-sampled").glob("*.flac")) == ["rain", "video_001"]
+    assert sorted(p.stem for p in (text_only / "test-sampled").glob("*.flac")) == ["rain", "video_000"]
     assert not (text_only / "test-sampled-videos").exists()
+
+
+def _samples(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)[0]
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_take_strided_shards_with_their_own_seeds(tiny_weights, tmp_path, request):
+    if "slow" not in request.config.getoption("markexpr"):
+        pytest.skip("two torchrun processes take about a minute; run with -m slow")
+    captions = tmp_path / "captions.csv"
+    captions.write_text("name,caption\n" + "".join(f"item{i},sound number {i}\n" for i in range(3)))
+    params = FAST + ["Evaluate.duration = 2.0", f"WEIGHTS = '{tiny_weights}'", f"CAPTIONS_CSV = '{captions}'"]
+    args = [f"--gin_file={f}" for f in ["gin/evaluate_16k.gin", *TINY]]
+    two = tmp_path / "two"
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "launch.py", *args, *[f"--gin_param={p}" for p in params + [f"OUTPUT_DIR = '{two}'"]]],
+        cwd=REPO, check=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    one = tmp_path / "one"
+    _evaluate(["Evaluate.duration = 2.0", f"WEIGHTS = '{tiny_weights}'", f"CAPTIONS_CSV = '{captions}'",
+               f"OUTPUT_DIR = '{one}'"])
+    assert json.loads((two / "metrics.json").read_text())["generated"] == 3
+    # Rank 0 generates items 0 and 2 with seed 42, rank 1 item 1 with seed 43; a single process
+    # draws items 0 and 1 from seed 42, so only item 0 starts from the same noise.
+    first = [_samples(d / "test-sampled" / "item0.flac").astype(int) for d in (one, two)]
+    assert np.abs(first[0] - first[1]).max() <= 2
+    second = [_samples(d / "test-sampled" / "item1.flac").astype(int) for d in (one, two)]
+    assert np.abs(second[0] - second[1]).max() > 100
 
 
 def test_weights_formats_and_bad_inputs(tiny_weights, tmp_path):
