@@ -23,11 +23,12 @@ from mmgin.eval import benchmark, embedders
 from mmgin.eval.benchmark import EvaluationResult
 from mmgin.eval.generate import DEFAULT_CFG_STRENGTH, generate_latents
 from mmgin.eval.hook import EvaluationHook
-from mmgin.eval.outputs import mux_video_with_audio, write_flac
+from mmgin.eval.mux import mux_video_with_audio
 from mmgin.eval.report import publish
 from mmgin.eval.sources import (CaptionSource, ConditionSource, Failure, StoreSource,
                                 VideoFolderSource, read_captions)
 from mmgin.media.errors import MediaError
+from mmgin.media.write import write_audio
 from mmgin.model import FlowMatching, MMAudio, SequenceConfig, network_kwargs
 from mmgin.model.network import VARIANTS
 from mmgin.programs.base import Program
@@ -207,7 +208,7 @@ class Evaluate(Program):
             ):
                 audio = codec.decode_latent(latents).float().cpu()
             for n, (item_id, wav) in enumerate(zip(prepared.ids, audio)):
-                write_flac(self.audio_dir / f"{item_id}.flac", wav, codec.sampling_rate)
+                write_audio(self.audio_dir / f"{item_id}.flac", wav, codec.sampling_rate)
                 written += 1
                 if self.write_videos and (self.videos_per_batch is None or n < self.videos_per_batch):
                     self._mux(source, item_id, wav, codec.sampling_rate, failures)

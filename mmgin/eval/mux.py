@@ -1,4 +1,4 @@
-"""Writing generated audio: flac files, and mp4s of the source video with the audio muxed in (PyAV)."""
+"""An mp4 of a source video with generated audio muxed in (PyAV), for listening to results."""
 
 from __future__ import annotations
 
@@ -14,20 +14,6 @@ from mmgin import io
 from mmgin.media.errors import NoVideoStream, UnreadableMedia
 
 DEFAULT_FPS = Fraction(25)
-
-
-def write_flac(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int) -> Path:
-    """Writes mono `audio` ([T] or [1, T], float in [-1, 1]) as 16-bit flac, atomically."""
-    path = Path(path)
-    samples = audio.detach().float().cpu().reshape(1, -1).clamp(-1.0, 1.0).numpy()
-    with io.atomic_path(path) as tmp, av.open(str(tmp), "w", format="flac") as out:
-        stream = out.add_stream("flac", rate=sample_rate, layout="mono")
-        stream.format = "s16"
-        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = sample_rate, 0
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
 
 
 def _even(n: int) -> int:
