@@ -142,3 +142,14 @@ def test_writer_resumes_compacts_failures_and_refuses_other_inputs(tmp_path):
     failures = tsv_io.read_table(tmp_path / "set.failures.tsv")
     assert failures == [{"id": "gone", "path": "/media/gone.mp4", "reason": "missing_file"},
                         {"id": "v2", "path": "/media/v2.mp4", "reason": "unreadable"}]
+
+
+def test_replacing_a_store_needs_overwrite(tmp_path):
+    write_synthetic_store(tmp_path / "set", "audio", 2, latent_shape=(4, 2), seed=1)
+    with pytest.raises(StoreError, match="already exists"):
+        write_synthetic_store(tmp_path / "set", "audio", 3, latent_shape=(4, 2), seed=2)
+    assert len(FeatureStore.open(tmp_path / "set")) == 2  # the old store and its tsv are untouched
+    newer = write_synthetic_store(tmp_path / "set", "audio", 3, latent_shape=(4, 2), seed=2, overwrite=True)
+    store = FeatureStore.open(tmp_path / "set")
+    assert len(store) == 3 and torch.equal(store.read(torch.arange(3))["mean"], newer["mean"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set", "set.failures.tsv", "set.tsv"]

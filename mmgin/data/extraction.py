@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmgin import dist
-from mmgin.data.store import StorePaths, is_complete
+from mmgin.data.store import StoreError, StorePaths, is_complete
 from mmgin.data.store_writer import PENDING, Plan, StoreWriter, Summary
 from mmgin.media.errors import MediaError
 
@@ -187,10 +187,17 @@ class Extraction:
 
 
 def skip_if_complete(store: Path, overwrite: bool) -> bool:
-    """True (and logs) when a finished store exists and must not be rebuilt."""
-    if is_complete(store) and not overwrite:
+    """True (and logs) when a finished store exists and must not be rebuilt.
+
+    Raises before any work when something else is in the store's place and may not be replaced.
+    """
+    if overwrite:
+        return False
+    if is_complete(store):
         dist.log_main("%s is already complete; nothing to do (set overwrite=True to rebuild)", store)
         return True
+    if store.exists():
+        raise StoreError(f"{store} exists but is not a finished store; delete it or set overwrite=True")
     return False
 
 

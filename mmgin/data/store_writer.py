@@ -266,11 +266,12 @@ class StoreWriter:
             if not self.plan.store_format.dedup_text:
                 self._expand_text(len(kept))
             self._write_meta(len(kept))
+            self._retire_previous(overwrite)  # before the new tsv: never pair old data with it
             rows = [self.plan.rows[i].fields for i in kept.tolist()]
             tsv_io.write_table(self.paths.tsv, self.plan.columns, rows)
             self._cleanup()
         summary_data = json.loads((self.work / "summary.json").read_text())
-        self._publish(overwrite)
+        self._publish()
         return Summary(summary_data["rows"], Counter(summary_data["failed"]),
                        Counter(summary_data["rejected"]))
 
@@ -363,18 +364,24 @@ class StoreWriter:
         shutil.rmtree(self.work / "failures", ignore_errors=True)
         (self.work / "plan.json").unlink()  # last: from here on only the rename is left
 
-    def _publish(self, overwrite: bool) -> None:
+    @property
+    def _retired(self) -> Path:
+        return self.paths.directory.with_name(self.paths.directory.name + ".old")
+
+    def _retire_previous(self, overwrite: bool) -> None:
+        """Moves an existing store aside (``overwrite``), so no reader sees old and new mixed."""
         final = self.paths.directory
-        summary = self.work / "summary.json"
         if final.exists():
             if not overwrite:
                 raise StoreError(f"{final} already exists; delete it or set overwrite=True")
-            old = final.with_name(final.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            shutil.rmtree(old)
+            shutil.rmtree(self._retired, ignore_errors=True)
+            os.replace(final, self._retired)
+
+    def _publish(self) -> None:
+        final = self.paths.directory
         os.replace(self.work, final)
-        (final / summary.name).unlink(missing_ok=True)
+        (final / "summary.json").unlink(missing_ok=True)
+        shutil.rmtree(self._retired, ignore_errors=True)
         logging.info("feature store ready: %s (+ %s)", final, self.paths.tsv.name)
 
 

@@ -12,6 +12,8 @@ both extractions with tiny encoders, through the launcher's in-process API) and 
       stores/video-16k/ + stores/video-16k.tsv (id, label)      16 kHz video store, 4 rows
       stores/audio-16k/ + stores/audio-16k.tsv (id, caption)    16 kHz audio store, 4 rows
       stores/*.failures.tsv          id, path, reason (header only: the example has no bad media)
+      clips.failures.tsv, clips.config.gin, clips.operative_config.gin, config.gin, ...
+                                     run records (each store also keeps its config.gin inside)
 
 Stores use the default format (bfloat16 features, deduplicated text); read them with
 ``mmgin.data.ExtractedVideoDataset(store=...)`` / ``ExtractedAudioDataset`` or
@@ -69,6 +71,7 @@ def write_synthetic_store(
     store_format: StoreFormat | None = None,
     seed: int = 0,
     id_prefix: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A finished store of random features (``kind`` 'video' or 'audio'); returns the float32
     features per row (text per row), as written before any storage-dtype rounding."""
@@ -92,5 +95,5 @@ def write_synthetic_store(
     writer.write_text(list(range(len(distinct))), table)
     writer.write_rows(list(range(num_rows)), features)
     writer.close()
-    writer.finalize()
+    writer.finalize(overwrite)
     return features
