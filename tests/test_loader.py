@@ -119,3 +119,17 @@ def test_without_drop_last_ranks_get_equal_batches_covering_everything(stores):
     assert [len(batches) for batches in per_rank] == [2, 2, 2]
     ids = [i for batches in per_rank for batch in batches for i in batch["id"]]
     assert len(ids) == 12 and set(ids) == set(dataset.store.ids)
+
+
+def test_getitems_returns_the_order_asked_for(stores):
+    root, video, audio = stores
+    videos = ExtractedVideoDataset(store=root / "vgg")
+    batch = videos.__getitems__([7, 2, 9, 2])
+    assert batch["id"] == [videos.store.ids[i] for i in (7, 2, 9, 2)]
+    assert torch.equal(batch["a_mean"], video["mean"][[7, 2, 9, 2]])
+    mixture = DatasetMixture(video_sets=[videos], audio_sets=[ExtractedAudioDataset(store=root / "caps")])
+    batch = mixture.__getitems__([12, 3, 10, 0])  # audio rows 2 and 0, video rows 3 and 0
+    assert batch["id"] == [mixture.audio_sets[0].store.ids[2], videos.store.ids[3],
+                           mixture.audio_sets[0].store.ids[0], videos.store.ids[0]]
+    assert batch["video_exist"].tolist() == [False, True, False, True]
+    assert torch.equal(batch["a_std"][1], video["std"][3]) and torch.equal(batch["a_std"][2], audio["std"][0])

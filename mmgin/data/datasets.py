@@ -5,9 +5,10 @@ Item contract (what the trainer consumes): ``id`` (str), ``caption`` (str), ``a_
 [77, 1024] (all float32 whatever the storage dtype), ``video_exist`` and ``text_exist`` (bool
 tensors). Audio-only items carry zero clip/sync features and ``video_exist`` False.
 
-``__getitems__`` returns a whole collated batch (the layout ``default_collate`` gives a list of
-items: stacked tensors, lists of strings), reading each feature with one sorted gather instead
-of per-item Python work; the loader uses it.
+``__getitems__`` returns a whole collated batch in the order asked for (the layout
+``default_collate`` gives a list of items: stacked tensors, lists of strings), reading each
+feature with one gather in ascending row order instead of per-item Python work. The loader
+asks for each batch's indices sorted, so no reordering copy is needed there.
 """
 
 from __future__ import annotations
@@ -86,9 +87,13 @@ class ExtractedDataset(Dataset):
         return {k: (v[0]) for k, v in batch.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        """A collated batch of ``indices``, in ascending index order (one gather per feature)."""
-        order = torch.as_tensor(sorted(int(i) for i in indices), dtype=torch.int64)
-        features = self.store.read(order)
+        """A collated batch of rows ``indices``, in that order (one gather per feature)."""
+        order = torch.as_tensor(list(indices), dtype=torch.int64)
+        ascending, position = order.sort(stable=True)
+        features = self.store.read(ascending)
+        if not torch.equal(ascending, order):
+            back = position.argsort()
+            features = {k: v.index_select(0, back) for k, v in features.items()}
         size = len(order)
         batch = {
             "id": [self.store.ids[i] for i in order.tolist()],
@@ -132,14 +137,20 @@ class ExtractedAudioDataset(ExtractedDataset):
     kind = "audio"
 
 
-def collate_batches(batches: Sequence[dict]) -> dict:
-    """Concatenates collated batches (lists are joined, tensors concatenated)."""
+def collate_batches(batches: Sequence[dict], order: torch.Tensor | None = None) -> dict:
+    """Concatenates collated batches (lists joined, tensors concatenated), then, if ``order``
+    is given, takes rows ``order`` of the result."""
     if len(batches) == 1:
-        return batches[0]
-    out = {}
-    for key, value in batches[0].items():
-        if isinstance(value, torch.Tensor):
-            out[key] = torch.cat([b[key] for b in batches])
-        else:
-            out[key] = [x for b in batches for x in b[key]]
-    return out
+        out = batches[0]
+    else:
+        out = {}
+        for key, value in batches[0].items():
+            if isinstance(value, torch.Tensor):
+                out[key] = torch.cat([b[key] for b in batches])
+            else:
+                out[key] = [x for b in batches for x in b[key]]
+    if order is None:
+        return out
+    picked = order.tolist()
+    return {k: v.index_select(0, order) if isinstance(v, torch.Tensor) else [v[i] for i in picked]
+            for k, v in out.items()}

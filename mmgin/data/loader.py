@@ -2,7 +2,8 @@
 
 Every epoch has one permutation of the whole dataset, drawn from a CPU generator seeded with
 ``seed + epoch``, so every rank computes the same permutation without communicating. Rank r
-takes positions r, r + W, r + 2W, ... (W = world size) and cuts them into micro-batches; every
+takes positions r, r + W, r + 2W, ... (W = world size) and cuts them into micro-batches (each
+batch's indices in ascending order, so rows are read in file order); every
 rank gets the same number of batches (full ones with ``drop_last``; otherwise the last may be
 short and a few samples repeat so that the ranks stay even). The loader counts the batches
 it has handed out, so ``state_dict()`` saved at any step resumes at exactly the next batch.
@@ -49,7 +50,8 @@ def rank_batches(
         if padding:
             permutation = torch.cat([permutation, permutation.repeat(padding // max(size, 1) + 1)[:padding]])
         positions = permutation[rank::world_size]
-    return [chunk.tolist() for chunk in positions.split(batch_size)] if len(positions) else []
+    # Each batch's indices ascending: the stores read rows in file order, nothing to reorder.
+    return [sorted(chunk.tolist()) for chunk in positions.split(batch_size)] if len(positions) else []
 
 
 class _EpochBatchSampler:

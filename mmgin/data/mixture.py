@@ -86,12 +86,14 @@ class DatasetMixture(Dataset):
         return {k: v[0] for k, v in batch.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        """A collated batch: each set's rows in one sorted gather, sets in mixture order."""
+        """A collated batch of ``indices`` in that order, one gather per set and feature."""
         part, row = self.locate(torch.as_tensor(list(indices), dtype=torch.int64))
-        batches = [
-            self.parts[p][0].__getitems__(row[part == p].tolist()) for p in sorted(set(part.tolist()))
-        ]
-        return collate_batches(batches)
+        grouped, position = part.sort(stable=True)
+        parts = sorted(set(part.tolist()))
+        batches = [self.parts[p][0].__getitems__(row[part == p].tolist()) for p in parts]
+        if torch.equal(grouped, part):  # sets already contiguous and in order (sorted indices)
+            return collate_batches(batches)
+        return collate_batches(batches, position.argsort())
 
     def bytes_read(self, indices: Sequence[int]) -> int:
         part, row = self.locate(torch.as_tensor(list(indices), dtype=torch.int64))
