@@ -68,6 +68,7 @@ def test_fd_reports_minus_one_when_it_cannot_be_computed():
     bad = np.random.default_rng(4).standard_normal((10, 3))
     bad[2, 1] = np.nan
     assert metrics.frechet_distance(bad, bad, method="sqrtm") == metrics.FD_FAILED
+    assert metrics.frechet_distance(bad, bad, method="low_rank") == metrics.FD_FAILED
     with pytest.raises(ValueError, match="equal widths"):
         metrics.frechet_distance(np.ones((4, 3)), np.ones((4, 2)))
 

@@ -80,7 +80,13 @@ def frechet_distance(pred: ArrayLike, gt: ArrayLike, method: str = "auto") -> fl
         tr_x = (xc * xc).sum() / (n - 1)
         tr_y = (yc * yc).sum() / (m - 1)
         cross = (xc @ yc.T) / np.sqrt((n - 1) * (m - 1))
-        tr_covmean = np.linalg.svd(cross, compute_uv=False).sum()
+        try:
+            tr_covmean = np.linalg.svd(cross, compute_uv=False).sum()
+            if not np.isfinite(tr_covmean):
+                raise ValueError("non-finite singular values")
+        except (ValueError, np.linalg.LinAlgError) as e:
+            logging.warning("FD failed (%s); reporting %s", e, FD_FAILED)
+            return FD_FAILED
         return float(diff @ diff + tr_x + tr_y - 2.0 * tr_covmean)
     sigma_x, sigma_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     try:
