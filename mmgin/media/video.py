@@ -177,6 +177,8 @@ def load_video_frames(
             stream = container.streams.video[0]
             _check_stream(stream, path)
             stream.thread_type = "AUTO"
+            if stream.format is None:
+                raise UnreadableMedia("the video stream has no known pixel format", path)
             graph, sinks = _build_graph(stream, [clip_fps, sync_fps])
             for frame in container.decode(stream):
                 if frame.pts is None:
