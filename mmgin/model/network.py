@@ -153,7 +153,7 @@ class MMAudio(nn.Module):
         self.empty_sync_feat = nn.Parameter(torch.zeros(1, sync_dim))
 
         self.initialize_weights()
-        self._set_sequence_buffers()
+        self.init_buffers()
 
     # ----------------------------------------------------------------------------- setup
     def initialize_weights(self) -> None:
@@ -176,8 +176,12 @@ class MMAudio(nn.Module):
         for param in (self.sync_pos_emb, self.empty_clip_feat, self.empty_sync_feat):
             nn.init.zeros_(param)
 
-    def _set_sequence_buffers(self) -> None:
-        """(Re)builds the length-dependent tables on the CPU, then moves them to the weights."""
+    def init_buffers(self) -> None:
+        """(Re)builds the non-persistent tables (RoPE, sync upsampling index, t frequencies).
+
+        They are computed on the CPU in float32, as for the released model, then moved to the
+        weights' device. Call it after `to_empty()`, which leaves buffers uninitialised.
+        """
         head_dim = self.hidden_dim // self.num_heads
         tables = {
             "latent_rot": rope_rotations(self._latent_seq_len, head_dim),
@@ -193,8 +197,8 @@ class MMAudio(nn.Module):
             if device.type != "meta":
                 table = table.to(device)
             self.register_buffer(name, table, persistent=False)
-        if device.type != "meta":
-            self.t_embed.freqs = self.t_embed.freqs.to(device)
+        freqs = self.t_embed.compute_freqs()
+        self.t_embed.freqs = freqs if device.type == "meta" else freqs.to(device)
 
     def update_seq_lengths(self, latent_seq_len: int, clip_seq_len: int, sync_seq_len: int) -> None:
         """Adapts the network to another clip duration (see SequenceConfig.for_mode)."""
@@ -206,7 +210,7 @@ class MMAudio(nn.Module):
         self._latent_seq_len = latent_seq_len
         self._clip_seq_len = clip_seq_len
         self._sync_seq_len = sync_seq_len
-        self._set_sequence_buffers()
+        self.init_buffers()
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], assign: bool = False) -> None:
         """Strictly loads a released state dict, ignoring the tables this module recomputes.
@@ -217,7 +221,7 @@ class MMAudio(nn.Module):
         state = {k: v for k, v in state_dict.items() if k not in RECOMPUTED_KEYS}
         self.load_state_dict(state, strict=True, assign=assign)
         if assign:
-            self._set_sequence_buffers()
+            self.init_buffers()
 
     # --------------------------------------------------------------------- properties
     @property
@@ -371,10 +375,11 @@ class Variant:
     depth: int
     fused_depth: int
     v2: bool = False
+    head_dim: int = 64
 
     @property
     def hidden_dim(self) -> int:
-        return 64 * self.num_heads
+        return self.head_dim * self.num_heads
 
 
 VARIANTS: dict[str, Variant] = {
@@ -383,7 +388,8 @@ VARIANTS: dict[str, Variant] = {
     "medium_44k": Variant("44k", 40, num_heads=14, depth=12, fused_depth=8),
     "large_44k": Variant("44k", 40, num_heads=14, depth=21, fused_depth=14),
     "large_44k_v2": Variant("44k", 40, num_heads=14, depth=21, fused_depth=14, v2=True),
-    # Same code at a few million parameters, for CPU tests and the example pipeline.
-    "tiny_16k": Variant("16k", 20, num_heads=2, depth=3, fused_depth=1),
-    "tiny_44k": Variant("44k", 40, num_heads=2, depth=3, fused_depth=1),
+    # Same code at ~2 M parameters for CPU tests and the example pipeline: two heads of 32,
+    # one full joint block, one pre-only joint block and one fused block.
+    "tiny_16k": Variant("16k", 20, num_heads=2, depth=3, fused_depth=1, head_dim=32),
+    "tiny_44k": Variant("44k", 40, num_heads=2, depth=3, fused_depth=1, head_dim=32),
 }
