@@ -20,7 +20,7 @@ import gin
 import torch
 from torch.utils.data import Dataset
 
-from mmgin.data.store import TEXT_KEY, FeatureStore, StoreError
+from mmgin.data.store import TEXT_KEY, FeatureStore, StoreError, batch_tensor
 
 CLIP_SEQ_LEN, CLIP_DIM = 64, 1024
 SYNC_SEQ_LEN, SYNC_DIM = 192, 768
@@ -93,7 +93,7 @@ class ExtractedDataset(Dataset):
         features = self.store.read(ascending)
         if not torch.equal(ascending, order):
             back = position.argsort()
-            features = {k: v.index_select(0, back) for k, v in features.items()}
+            features = {k: _reorder(v, back) for k, v in features.items()}
         size = len(order)
         batch = {
             "id": [self.store.ids[i] for i in order.tolist()],
@@ -108,8 +108,8 @@ class ExtractedDataset(Dataset):
             batch["sync_features"] = features["sync_features"]
             batch["video_exist"] = torch.ones(size, dtype=torch.bool)
         else:
-            batch["clip_features"] = torch.zeros((size,) + self.clip_shape)
-            batch["sync_features"] = torch.zeros((size,) + self.sync_shape)
+            batch["clip_features"] = batch_tensor((size,) + self.clip_shape).zero_()
+            batch["sync_features"] = batch_tensor((size,) + self.sync_shape).zero_()
             batch["video_exist"] = torch.zeros(size, dtype=torch.bool)
         return batch
 
@@ -146,11 +146,17 @@ def collate_batches(batches: Sequence[dict], order: torch.Tensor | None = None) 
         out = {}
         for key, value in batches[0].items():
             if isinstance(value, torch.Tensor):
-                out[key] = torch.cat([b[key] for b in batches])
+                parts = [b[key] for b in batches]
+                shape = (sum(len(t) for t in parts),) + tuple(value.shape[1:])
+                out[key] = torch.cat(parts, out=batch_tensor(shape, value.dtype))
             else:
                 out[key] = [x for b in batches for x in b[key]]
     if order is None:
         return out
-    picked = order.tolist()
-    return {k: v.index_select(0, order) if isinstance(v, torch.Tensor) else [v[i] for i in picked]
-            for k, v in out.items()}
+    return {k: _reorder(v, order) for k, v in out.items()}
+
+
+def _reorder(value, order: torch.Tensor):
+    if isinstance(value, torch.Tensor):
+        return torch.index_select(value, 0, order, out=batch_tensor(tuple(value.shape), value.dtype))
+    return [value[i] for i in order.tolist()]

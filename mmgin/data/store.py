@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tensordict import TensorDict
+from torch.utils.data import get_worker_info
 
 from mmgin.data import tsv as tsv_io
 
@@ -208,7 +209,8 @@ class FeatureStore:
         if self.dedup_text:
             table_rows = td[TEXT_INDEX_KEY].index_select(0, indices).to(torch.int64)
             unique, inverse = torch.unique(table_rows, return_inverse=True)
-            out[TEXT_KEY] = _gather_float(td[TEXT_TABLE_KEY], unique).index_select(0, inverse)
+            rows = _gather_float(td[TEXT_TABLE_KEY], unique)
+            out[TEXT_KEY] = torch.index_select(rows, 0, inverse, out=batch_tensor((len(indices),) + rows.shape[1:]))
         else:
             out[TEXT_KEY] = _gather_float(td[TEXT_KEY], indices)
         return out
@@ -236,9 +238,21 @@ def _row_nbytes(tensor: torch.Tensor) -> int:
     return tensor[0:1].numel() * tensor.element_size() if tensor.shape[0] else 0
 
 
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in a DataLoader worker it lives in shared memory,
+    so sending it to the main process needs no extra copy (as default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = 1
+    for size in shape:
+        numel *= int(size)
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 def _gather_float(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Gathers rows into a fresh float32 tensor with one copy (a cast fused with the gather)."""
-    out = torch.empty((len(indices),) + tuple(tensor.shape[1:]), dtype=torch.float32)
+    out = batch_tensor((len(indices),) + tuple(tensor.shape[1:]))
     if len(indices) and _is_contiguous_run(indices):
         start = int(indices[0])
         out.copy_(tensor[start:start + len(indices)])
