@@ -48,7 +48,7 @@ class MPConv1D(nn.Module):
     def forward(self, x: torch.Tensor, gain: torch.Tensor | float = 1) -> torch.Tensor:
         if not self.weight_norm_removed:
             raise RuntimeError("MPConv1D: call remove_weight_norm() after loading weights, before inference")
-        w = self.weight * gain
+        w = self.weight if isinstance(gain, (int, float)) and gain == 1 else self.weight * gain
         return F.conv1d(x, w.to(x.dtype), padding=(w.shape[-1] // 2,))
 
     @torch.no_grad()
