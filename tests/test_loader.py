@@ -90,7 +90,7 @@ def test_mixture_oversamples_and_marks_modalities(stores):
         oversample={"vgg": 3},
     )
     assert len(mixture) == 10 * 3 + 7
-    loader = DistributedBatchLoader(mixture, batch_size=37, seed=0, rank=0, world_size=1, num_workers=0)
+    loader = DistributedBatchLoader(mixture, batch_size=37, seed=0, rank=0, world_size=1, num_workers=1)
     (batch,) = list(loader)
     counts = Counter(batch["id"])
     assert all(counts[i] == 3 for i in mixture.video_sets[0].store.ids)
