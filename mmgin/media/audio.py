@@ -83,13 +83,15 @@ def decode_audio(path: str | os.PathLike) -> DecodedAudio:
         if not container.streams.audio:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise NoAudioStream(f"No audio stream (streams: {kinds}); this file cannot give audio features", path)
-        stream = container.streams.audio[0]
+        stream = container.streams.best("audio") or container.streams.audio[0]  # as FFmpeg picks it
         chunks: list[np.ndarray] = []
-        rate = stream.rate or stream.codec_context.sample_rate
+        rate = 0  # from the decoded frames: the stream header can differ (e.g. HE-AAC reports its core rate)
         decoded = 0
         try:
             for frame in container.decode(stream):
-                if frame.sample_rate != rate or (chunks and frame.layout.nb_channels != chunks[0].shape[0]):
+                if not chunks:
+                    rate = frame.sample_rate
+                elif frame.sample_rate != rate or frame.layout.nb_channels != chunks[0].shape[0]:
                     raise UnreadableMedia(
                         f"Sample rate or channel layout changes mid-stream (at {decoded} samples); re-encode the file",
                         path,
@@ -100,10 +102,10 @@ def decode_audio(path: str | os.PathLike) -> DecodedAudio:
             raise UnreadableMedia(
                 f"Decoding failed after {decoded} samples ({error}); the file is truncated or corrupt", path
             ) from error
-    if not rate or rate <= 0:
-        raise UnreadableMedia("Audio stream has no valid sample rate", path)
     if decoded == 0:
         raise TooShort("Audio stream holds no samples", path)
+    if rate <= 0:
+        raise UnreadableMedia("Audio stream has no valid sample rate", path)
     samples = torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks, axis=1)))
     return DecodedAudio(samples, int(rate))
 
