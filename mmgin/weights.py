@@ -319,7 +319,9 @@ def verify(names: Iterable[str] | None = None, root: str | os.PathLike | None = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmgin.weights", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", default=None, help=f"weights directory (default ${WEIGHTS_DIR_ENV} or ./{DEFAULT_DIR})")
+    common.add_argument(
+        "--dir", default=None, help=f"weights directory (default ${WEIGHTS_DIR_ENV} or ./{DEFAULT_DIR})"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", parents=[common], help="list the registered files and whether they are present")
     fetch = commands.add_parser("download", parents=[common], help="download files (all when no NAMES are given)")

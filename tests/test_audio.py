@@ -43,7 +43,10 @@ def test_weight_norm_fold_matches_torch_weight_norm():
     state = {k: v for k, v in conv.state_dict().items()}
     fused = fuse_weight_norm(state)
     torch.testing.assert_close(fused["weight"], conv.weight, rtol=0, atol=0)
-    legacy = {"weight_g": state["parametrizations.weight.original0"], "weight_v": state["parametrizations.weight.original1"]}
+    legacy = {
+        "weight_g": state["parametrizations.weight.original0"],
+        "weight_v": state["parametrizations.weight.original1"],
+    }
     torch.testing.assert_close(fuse_weight_norm(legacy)["weight"], conv.weight, rtol=0, atol=0)
 
 

@@ -113,7 +113,8 @@ class BigVGAN(nn.Module):
         for i, (rate, kernel) in enumerate(zip(c.upsample_rates, c.upsample_kernel_sizes)):
             in_ch = c.upsample_initial_channel // (2**i)
             out_ch = c.upsample_initial_channel // (2 ** (i + 1))
-            self.ups.append(nn.ModuleList([nn.ConvTranspose1d(in_ch, out_ch, kernel, rate, padding=(kernel - rate) // 2)]))
+            upsample = nn.ConvTranspose1d(in_ch, out_ch, kernel, rate, padding=(kernel - rate) // 2)
+            self.ups.append(nn.ModuleList([upsample]))
         self.resblocks = nn.ModuleList()
         ch = c.upsample_initial_channel
         for i in range(len(self.ups)):

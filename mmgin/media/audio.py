@@ -78,7 +78,9 @@ def decode_audio(path: str | os.PathLike) -> DecodedAudio:
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as error:
-        raise UnreadableMedia(f"Cannot open as media ({error}); the file is corrupt or not audio/video", path) from error
+        raise UnreadableMedia(
+            f"Cannot open as media ({error}); the file is corrupt or not audio/video", path
+        ) from error
     with container:
         if not container.streams.audio:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
