@@ -331,11 +331,12 @@ class Train(Program):
         writer.scalars(scalars, it)
         writer.loss_by_t("train/loss_by_t", window["loss_by_t_sums"], window["loss_by_t_counts"], it)
         eta = (self.num_iterations - it) * step_time
+        mfu = f" | MFU {100 * scalars['train/mfu']:.1f}%" if "train/mfu" in scalars else ""
         dist.log_main(
             "it %d/%d | loss %.5f | lr %.3g | grad_norm %.4f | %.1f samples/s | %.3f s/it | "
-            "data %.0f%% | skipped %d | ETA %s",
+            "data %.0f%%%s | skipped %d | ETA %s",
             it, self.num_iterations, window["loss"], scalars["train/lr"], window["grad_norm"],
-            samples_per_s, step_time, 100 * scalars["train/data_wait_fraction"],
+            samples_per_s, step_time, 100 * scalars["train/data_wait_fraction"], mfu,
             int(window["skipped_updates"]), format_duration(eta),
         )
         if window["max_consecutive_skips"] >= self.max_consecutive_skips:

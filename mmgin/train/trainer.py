@@ -156,28 +156,34 @@ class Trainer:
         torch.maximum(self.max_consecutive_skips, self.consecutive_skips, out=self.max_consecutive_skips)
 
     def collect_window(self) -> dict[str, Any]:
-        """Averages since the last call over all ranks (one all-reduce, one host sync); resets."""
-        packed = torch.cat([
-            torch.stack([self.window[k] for k in ("loss_sum", "loss_count")]),
-            self.loss_by_t.sums, self.loss_by_t.counts,
-        ])
-        dist.all_reduce_sum(packed)
-        host = packed.cpu().numpy()
-        local = {k: float(v) for k, v in self.window.items() if k.startswith("norm") or k == "skipped"}
-        result = {
-            "loss": host[0] / host[1] if host[1] > 0 else float("nan"),
-            "grad_norm": local["norm_sum"] / local["norm_count"] if local["norm_count"] > 0 else float("nan"),
-            "skipped_updates": float(self.skipped_total),
-            "window_skipped": local["skipped"],
-            "max_consecutive_skips": float(self.max_consecutive_skips),
-            "loss_by_t_sums": host[2:2 + NUM_T_BINS],
-            "loss_by_t_counts": host[2 + NUM_T_BINS:],
-        }
-        for value in self.window.values():
+        """Averages since the last call over all ranks (one all-reduce, one host sync); resets.
+
+        The gradient norm and skip counters are the same on every rank (all-reduced gradients),
+        so only the losses are reduced.
+        """
+        window = self.window
+        reduced = torch.cat([torch.stack([window["loss_sum"], window["loss_count"]]),
+                             self.loss_by_t.sums, self.loss_by_t.counts])
+        dist.all_reduce_sum(reduced)
+        local = torch.stack([window["norm_sum"], window["norm_count"], window["skipped"],
+                             self.skipped_total, self.max_consecutive_skips])
+        host = torch.cat([reduced, local]).cpu().numpy()
+        loss_sum, loss_count = host[0], host[1]
+        bins = host[2:2 + 2 * NUM_T_BINS]
+        norm_sum, norm_count, skipped, skipped_total, max_consecutive = host[2 + 2 * NUM_T_BINS:]
+        for value in window.values():
             value.zero_()
         self.loss_by_t.reset()
         self.max_consecutive_skips.copy_(self.consecutive_skips)
-        return result
+        return {
+            "loss": loss_sum / loss_count if loss_count > 0 else float("nan"),
+            "grad_norm": norm_sum / norm_count if norm_count > 0 else float("nan"),
+            "skipped_updates": float(skipped_total),
+            "window_skipped": float(skipped),
+            "max_consecutive_skips": float(max_consecutive),
+            "loss_by_t_sums": bins[:NUM_T_BINS],
+            "loss_by_t_counts": bins[NUM_T_BINS:],
+        }
 
     @property
     def learning_rate(self) -> float:
