@@ -76,6 +76,14 @@ def test_captions_last_duplicate_wins_and_uncaptioned_clips_are_reported(clip_in
     assert [(r["id"], r["reason"]) for r in failures] == [("orphan_0", "no_caption")]
 
 
+def test_rerun_on_a_finished_store_changes_nothing(example_workspace, clip_inputs):
+    root, store, _ = clip_inputs
+    before = _store_bytes(store)
+    cli.run(["gin/extract_audio_16k.gin", TINY], _params(example_workspace, root, store), [str(REPO)], dry_run=False)
+    assert _store_bytes(store) == before
+    assert not (root / "one-process.partial").exists()
+
+
 def test_two_processes_write_the_same_store(example_workspace, clip_inputs, tmp_path):
     root, reference, _ = clip_inputs
     store = tmp_path / "two-processes"
