@@ -1,0 +1,104 @@
+"""The training step compiles as one graph, equals eager, and the benchmark script runs on CPU.
+
+The step is the benchmark's TrainingLoss (posterior sample, CFG dropout by torch.where,
+logit-normal t, network, loss) under DDP, as the GPU benchmark runs it. It compiles with the
+aot_eager backend: fullgraph=True proves there is no graph break in the network or the loss,
+and AOTAutograd traces the backward; Inductor's C++ code generation would take minutes on two
+cores and is exercised by the GPU benchmark instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from mmgin.model import get_network
+from mmgin.model.flops import training_flops_per_sample
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _loss_and_grads(model: torch.nn.Module, params: list[torch.nn.Parameter], data: dict):
+    for p in params:
+        p.grad = None
+    torch.manual_seed(3)  # the same posterior noise, dropout, t and x0 in both runs
+    loss = model(**data)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+def test_compiled_training_step_equals_eager(bench: ModuleType) -> None:
+    network = get_network("tiny_16k").train()
+    bench.recipe_like_init_(network, torch.Generator().manual_seed(0))
+    params = [p for p in network.parameters() if p.requires_grad]
+    step = bench.TrainingLoss(network, autocast_dtype=None)
+    data = bench.synthetic_batch(network, 2, torch.device("cpu"))
+    eager_loss, eager_grads = _loss_and_grads(step, params, data)
+
+    torch._dynamo.reset()
+    bench.init_single_rank_group(torch.device("cpu"))
+    try:
+        compiled = DistributedDataParallel(torch.compile(step, fullgraph=True, backend="aot_eager"))
+        loss, grads = _loss_and_grads(compiled, params, data)
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for grad, eager_grad in zip(grads, eager_grads):
+        torch.testing.assert_close(grad, eager_grad, rtol=1e-4, atol=1e-7)
+    names = [n for n, p in network.named_parameters() if p.requires_grad]
+    # Zero gradients only where the reference has them too: the empty features when no sample
+    # is dropped, and the query norms of the last (pre-only) joint block, whose clip and text
+    # queries feed outputs that are discarded.
+    no_grad = {n for n, g in zip(names, grads) if not g.any()}
+    last = f"joint_blocks.{len(network.joint_blocks) - 1}"
+    assert no_grad - {"empty_clip_feat", "empty_sync_feat"} == {
+        f"{last}.clip_block.attn.q_norm.weight",
+        f"{last}.text_block.attn.q_norm.weight",
+    }
+
+
+def test_activation_checkpointing_gives_the_same_gradients(bench: ModuleType) -> None:
+    plain = get_network("tiny_16k").train()
+    bench.recipe_like_init_(plain, torch.Generator().manual_seed(0))
+    checkpointed = get_network("tiny_16k", activation_checkpointing=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    data = bench.synthetic_batch(plain, 1, torch.device("cpu"))
+    results = []
+    for network in (plain, checkpointed):
+        params = [p for p in network.parameters() if p.requires_grad]
+        results.append(_loss_and_grads(bench.TrainingLoss(network, None), params, data))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for grad, reference in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(grad, reference, rtol=1e-6, atol=1e-9)
+
+
+def test_benchmark_script_runs_on_cpu(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--variant", "tiny_16k", "--batch", "1", "--steps", "1",
+            "--warmup", "1", "--no-compile", "--activation-checkpointing", "--out", str(out)]
+    results = bench.main(argv)
+    assert json.loads(out.read_text()) == results
+    (result,) = results
+    assert result["variant"] == "tiny_16k" and result["batch"] == 1 and result["autocast"] == "fp32"
+    assert result["activation_checkpointing"] is True and result["compile"] is False
+    assert result["samples_per_s"] > 0 and 0 < result["mfu"] < 1
+    network = get_network("tiny_16k")
+    assert result["train_tflops_per_sample"] == pytest.approx(training_flops_per_sample(network) / 1e12)
+    assert 0 < result["final_loss"] < 100
+    assert not dist.is_initialized()
