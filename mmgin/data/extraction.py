@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmgin import dist
-from mmgin.data.store import StoreError, StorePaths, is_complete
+from mmgin.data.store import StoreError, StorePaths, batch_tensor, is_complete
 from mmgin.data.store_writer import PENDING, Plan, StoreWriter, Summary
 from mmgin.media.errors import MediaError
 
@@ -59,9 +59,15 @@ class BlockDataset(Dataset):
                 failures.append((row, e.reason, str(e)))
             except Exception as e:  # noqa: BLE001 - a bad file must never stop the extraction
                 failures.append((row, "decode_error", f"{type(e).__name__}: {e}"))
-        batch = {k: torch.stack([item[k] for item in items]) for k in items[0]} if items else {}
+        batch = {k: _stack([item[k] for item in items]) for k in items[0]} if items else {}
         return {"rows": rows, "batch": batch, "failures": failures,
                 "decode_seconds": time.perf_counter() - start}
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack into shared memory when in a worker (no copy on the way to the main process)."""
+    first = tensors[0]
+    return torch.stack(tensors, out=batch_tensor((len(tensors),) + tuple(first.shape), first.dtype))
 
 
 @dataclass
