@@ -48,7 +48,9 @@ def build_example_workspace(root: str | Path, num_workers: int = 1) -> Path:
         (
             ["gin/extract_video_16k.gin", TINY_ENCODERS],
             [f"VIDEO_DIR = '{root / 'videos'}'", f"VIDEO_TSV = '{root / 'video.tsv'}'",
-             f"OUTPUT_DIR = '{stores / 'video-16k'}'", f"ExtractVideoFeatures.num_workers = {num_workers}"],
+             f"OUTPUT_DIR = '{stores / 'video-16k'}'", f"ExtractVideoFeatures.num_workers = {num_workers}",
+             # small blocks: the worker decodes the next videos while the encoders run
+             "ExtractVideoFeatures.batch_size = 2"],
         ),
         (
             ["gin/extract_audio_16k.gin", TINY_ENCODERS],
