@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gin
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -83,10 +84,22 @@ def get_network_like(state: dict) -> dict:
     return initial
 
 
+HOOK_CALLS: list[tuple[Path, int, list[str]]] = []
+
+
+@gin.configurable("test_train_runs_eval_hook")
+def recording_eval_hook(audio_dir, iteration, writer):
+    """An evaluation hook as mmgin.eval.hook.EvaluationHook is called: rank 0, after sampling."""
+    HOOK_CALLS.append((Path(audio_dir), iteration, sorted(p.name for p in Path(audio_dir).glob("*.flac"))))
+    writer.add_scalar("val/test_metric", float(iteration), iteration)
+    return {"test_metric": float(iteration)}
+
+
 @pytest.fixture(scope="module")
 def tensorboard_run(example_workspace, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tensorboard") / "run"
-    cli.run(FILES, train_params(example_workspace, out), [str(REPO)], dry_run=False)
+    params = train_params(example_workspace, out) + ["Train.eval_hook = @test_train_runs_eval_hook"]
+    cli.run(FILES, params, [str(REPO)], dry_run=False)
     return out
 
 
@@ -108,6 +121,8 @@ def test_tensorboard_has_the_documented_tags(tensorboard_run):
     assert "Train.batch_size = 2" in config
     flacs = sorted((tensorboard_run / "samples" / "000000004").glob("*.flac"))
     assert len(flacs) == 2
+    assert HOOK_CALLS == [(tensorboard_run / "samples" / "000000004", 4, [p.name for p in flacs])]
+    assert [e.value for e in events.Scalars("val/test_metric")] == [4.0]
     assert (tensorboard_run / "ema_final.pth").is_file()
 
 
