@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gin
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -140,3 +141,49 @@ def test_flops_match_torch_flop_counter() -> None:
     large = _meta_network("large_44k")
     # About 2 FLOPs per parameter per latent token: 0.53 TFLOP for the 1 B network.
     assert 0.5e12 < inference_flops_per_sample(large) < 0.56e12
+
+
+def test_cfg_wrapper_and_negative_text() -> None:
+    torch.manual_seed(0)
+    network = get_network("tiny_16k").eval()
+    with torch.no_grad():
+        for param in network.parameters():
+            param.normal_(0.0, 0.05)
+    clip, sync, text = torch.randn(2, 64, 1024), torch.randn(2, 192, 768), torch.randn(2, 77, 1024)
+    x, t = torch.randn(2, 250, 20), torch.tensor(0.3)
+    with torch.inference_mode():
+        cond = network.preprocess_conditions(clip, sync, text)
+        empty = network.get_empty_conditions(2)
+        v_cond = network.predict_flow(x, torch.full((2,), 0.3), cond)
+        v_empty = network.predict_flow(x, torch.full((2,), 0.3), empty)
+        torch.testing.assert_close(network.ode_wrapper(t, x, cond, empty, 0.5), v_cond)
+        torch.testing.assert_close(network.ode_wrapper(t, x, cond, empty, 3.0), 3.0 * v_cond - 2.0 * v_empty)
+        # The empty branch is the batch-1 empty features, identical for every sample.
+        torch.testing.assert_close(v_empty, network(x, network.get_empty_clip_sequence(2),
+                                                    network.get_empty_sync_sequence(2),
+                                                    network.get_empty_string_sequence(2), torch.full((2,), 0.3)))
+        negative = torch.randn(2, 77, 1024)
+        neg = network.get_empty_conditions(2, negative_text_features=negative)
+        assert neg.text_f.shape == (2, 77, 64) and neg.clip_f.shape == (2, 64, 64)
+        expected = network.preprocess_conditions(network.get_empty_clip_sequence(2),
+                                                 network.get_empty_sync_sequence(2), negative)
+        torch.testing.assert_close(neg.text_f_c, expected.text_f_c)
+        assert not torch.allclose(neg.text_f_c, empty.text_f_c)
+
+
+@pytest.mark.parametrize("name", ["small_16k", "small_44k", "medium_44k", "large_44k", "large_44k_v2", "tiny_16k", "tiny_44k"])
+def test_gin_fragment_selects_the_variant(name: str, repo_root) -> None:
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings(
+            [str(repo_root / "gin" / "model" / f"{name}.gin")], ["MMAudio.activation_checkpointing = True"]
+        )
+        with torch.device("meta"):
+            network = get_network()
+    finally:
+        gin.clear_config()
+    assert network.activation_checkpointing
+    reference = _meta_network(name)
+    assert [(k, v.shape) for k, v in network.state_dict().items()] == [
+        (k, v.shape) for k, v in reference.state_dict().items()
+    ]
