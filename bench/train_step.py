@@ -49,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--autocast",
         choices=["bf16", "fp32"],
         default=None,
-        help="bf16 autocast (default on CUDA) or plain fp32 (default on CPU, where bf16 is emulated)",
+        help="bf16 autocast (default on CUDA) or fp32 (default on CPU, where bf16 is emulated)",
     )
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -145,7 +145,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_config(args: argparse.Namespace, variant: str, batch: int, device: torch.device) -> dict[str, Any]:
+def run_config(
+    args: argparse.Namespace, variant: str, batch: int, device: torch.device
+) -> dict[str, Any]:
     network = build_network(variant, device, args.activation_checkpointing)
     autocast = args.autocast or ("bf16" if device.type == "cuda" else "fp32")
     loss_module: nn.Module = TrainingLoss(network, torch.bfloat16 if autocast == "bf16" else None)

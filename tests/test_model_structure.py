@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gin
 import pytest
 import torch
@@ -34,7 +36,8 @@ def test_state_dict_matches_released_manifest(name: str) -> None:
     manifest = read_manifest(f"mmaudio_{name}")
     file_only = [e.key for e in manifest if e.key in RECOMPUTED_KEYS]
     # v1 files carry the RoPE tables, the v2 file the timestep frequencies; never both.
-    assert sorted(file_only) == (["t_embed.freqs"] if name.endswith("v2") else ["clip_rot", "latent_rot"])
+    v1_tables = ["clip_rot", "latent_rot"]
+    assert sorted(file_only) == (["t_embed.freqs"] if name.endswith("v2") else v1_tables)
     expected = [(e.key, e.shape, e.dtype) for e in manifest if e.key not in RECOMPUTED_KEYS]
     actual = [(k, tuple(v.shape), v.dtype) for k, v in network.state_dict().items()]
     assert actual == expected
@@ -58,7 +61,8 @@ def test_state_dict_matches_released_manifest(name: str) -> None:
 )
 def test_sequence_config(mode: str, duration: float, expected: tuple[int, ...]) -> None:
     seq = SequenceConfig.for_mode(mode, duration)
-    got = (seq.latent_seq_len, seq.num_audio_samples, seq.clip_seq_len, seq.sync_seq_len, seq.latent_dim)
+    got = (seq.latent_seq_len, seq.num_audio_samples, seq.clip_seq_len, seq.sync_seq_len,
+           seq.latent_dim)
     assert got == expected
     assert seq.text_seq_len == 77
     assert (seq.sampling_rate, seq.hop_size) == ((16000, 256) if mode == "16k" else (44100, 512))
@@ -72,7 +76,8 @@ def test_sync_upsampling_uses_float32_source_indices() -> None:
     assert index[57].item() == 31 and index[172].item() == 95
     exact = [(2 * j + 1) * 192 // 690 for j in range(345)]
     assert [j for j in range(345) if index[j].item() != exact[j]] == [57, 172]
-    assert torch.equal(sync_upsample_index(192, 250), torch.tensor([(2 * j + 1) * 192 // 500 for j in range(250)]))
+    exact_16k = torch.tensor([(2 * j + 1) * 192 // 500 for j in range(250)])
+    assert torch.equal(sync_upsample_index(192, 250), exact_16k)  # no ties for 192 -> 250
 
 
 def test_reference_initialisation_zeroes_gates_and_output() -> None:
@@ -125,7 +130,8 @@ def test_update_seq_lengths_follows_duration() -> None:
                   torch.randn(2, 77, 1024), torch.rand(2))
     assert out.shape == (2, 216, 40)
     network.update_seq_lengths(345, 64, 192)
-    assert network.latent_rot.shape == (1, 345, 16, 2, 2) and network.clip_rot.shape == (1, 64, 16, 2, 2)
+    assert network.latent_rot.shape == (1, 345, 16, 2, 2)
+    assert network.clip_rot.shape == (1, 64, 16, 2, 2)
     assert network.sync_index.shape == (345,) and seq.num_audio_samples == 216 * 1024
 
 
@@ -157,11 +163,12 @@ def test_cfg_wrapper_and_negative_text() -> None:
         v_cond = network.predict_flow(x, torch.full((2,), 0.3), cond)
         v_empty = network.predict_flow(x, torch.full((2,), 0.3), empty)
         torch.testing.assert_close(network.ode_wrapper(t, x, cond, empty, 0.5), v_cond)
-        torch.testing.assert_close(network.ode_wrapper(t, x, cond, empty, 3.0), 3.0 * v_cond - 2.0 * v_empty)
+        guided = network.ode_wrapper(t, x, cond, empty, 3.0)
+        torch.testing.assert_close(guided, 3.0 * v_cond - 2.0 * v_empty)
         # The empty branch is the batch-1 empty features, identical for every sample.
-        torch.testing.assert_close(v_empty, network(x, network.get_empty_clip_sequence(2),
-                                                    network.get_empty_sync_sequence(2),
-                                                    network.get_empty_string_sequence(2), torch.full((2,), 0.3)))
+        empty_features = (network.get_empty_clip_sequence(2), network.get_empty_sync_sequence(2),
+                          network.get_empty_string_sequence(2))
+        torch.testing.assert_close(v_empty, network(x, *empty_features, torch.full((2,), 0.3)))
         negative = torch.randn(2, 77, 1024)
         neg = network.get_empty_conditions(2, negative_text_features=negative)
         assert neg.text_f.shape == (2, 77, 64) and neg.clip_f.shape == (2, 64, 64)
@@ -171,12 +178,13 @@ def test_cfg_wrapper_and_negative_text() -> None:
         assert not torch.allclose(neg.text_f_c, empty.text_f_c)
 
 
-@pytest.mark.parametrize("name", ["small_16k", "small_44k", "medium_44k", "large_44k", "large_44k_v2", "tiny_16k", "tiny_44k"])
-def test_gin_fragment_selects_the_variant(name: str, repo_root) -> None:
+@pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS) + ["tiny_16k", "tiny_44k"])
+def test_gin_fragment_selects_the_variant(name: str, repo_root: Path) -> None:
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(
-            [str(repo_root / "gin" / "model" / f"{name}.gin")], ["MMAudio.activation_checkpointing = True"]
+            [str(repo_root / "gin" / "model" / f"{name}.gin")],
+            ["MMAudio.activation_checkpointing = True"],
         )
         with torch.device("meta"):
             network = get_network()

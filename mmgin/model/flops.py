@@ -70,7 +70,9 @@ def forward_flops_breakdown(network: MMAudio) -> dict[str, int]:
         parts["fused_blocks"] += _single_block_flops(block, latent, latent)
         parts["attention"] += _attention_flops(latent, dim)
     final = network.final_layer
-    parts["final_layer"] = _matmul_flops(final.adaLN_modulation, 1) + _matmul_flops(final.conv, latent)
+    parts["final_layer"] = (
+        _matmul_flops(final.adaLN_modulation, 1) + _matmul_flops(final.conv, latent)
+    )
     return parts
 
 

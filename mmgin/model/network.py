@@ -7,7 +7,6 @@ released `mmaudio_*.pth` files load strictly and reproduce the reference outputs
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import gin
@@ -83,7 +82,9 @@ class MMAudio(nn.Module):
     ):
         super().__init__()
         if hidden_dim % num_heads or hidden_dim // num_heads % 2:
-            raise ValueError(f"hidden_dim {hidden_dim} must split into {num_heads} even-sized heads")
+            raise ValueError(
+                f"hidden_dim {hidden_dim} must split into {num_heads} even-sized heads"
+            )
         if not 0 <= fused_depth < depth:
             raise ValueError(f"need 0 <= fused_depth ({fused_depth}) < depth ({depth})")
         self.v2 = v2
@@ -182,6 +183,11 @@ class MMAudio(nn.Module):
         They are computed on the CPU in float32, as for the released model, then moved to the
         weights' device. Call it after `to_empty()`, which leaves buffers uninitialised.
         """
+        if self._sync_seq_len % SYNC_TOKENS_PER_SEGMENT:
+            raise ValueError(
+                f"sync_seq_len {self._sync_seq_len} is not a whole number of "
+                f"{SYNC_TOKENS_PER_SEGMENT}-token Synchformer segments"
+            )
         head_dim = self.hidden_dim // self.num_heads
         tables = {
             "latent_rot": rope_rotations(self._latent_seq_len, head_dim),
@@ -202,11 +208,6 @@ class MMAudio(nn.Module):
 
     def update_seq_lengths(self, latent_seq_len: int, clip_seq_len: int, sync_seq_len: int) -> None:
         """Adapts the network to another clip duration (see SequenceConfig.for_mode)."""
-        if sync_seq_len % SYNC_TOKENS_PER_SEGMENT:
-            raise ValueError(
-                f"sync_seq_len {sync_seq_len} is not a whole number of "
-                f"{SYNC_TOKENS_PER_SEGMENT}-token Synchformer segments"
-            )
         self._latent_seq_len = latent_seq_len
         self._clip_seq_len = clip_seq_len
         self._sync_seq_len = sync_seq_len

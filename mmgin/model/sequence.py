@@ -50,7 +50,8 @@ class SequenceConfig:
 
     @property
     def latent_seq_len(self) -> int:
-        return int(math.ceil(self.duration * self.sampling_rate / self.hop_size / LATENT_DOWNSAMPLE))
+        frames = self.duration * self.sampling_rate / self.hop_size
+        return int(math.ceil(frames / LATENT_DOWNSAMPLE))
 
     @property
     def num_audio_samples(self) -> int:
