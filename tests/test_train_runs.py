@@ -46,7 +46,8 @@ def newest_checkpoint(out: Path) -> dict:
 
 def test_two_processes_equal_one_process_with_accumulation(example_workspace, tmp_path):
     common = {"Train.batch_size": 4, "Train.num_iterations": 3, "Train.checkpoint_every": 3,
-              "Train.val_every": 3, "Train.sample_every": 3, "Train.num_samples": 3}
+              "Train.val_every": 3, "Train.sample_every": 3, "Train.num_samples": 3,
+              "Train.tensorboard_samples": 1}
     two = tmp_path / "two"
     args = [*(f"--gin_file={f}" for f in FILES),
             *(f"--gin_param={p}" for p in train_params(example_workspace, two, **common))]
