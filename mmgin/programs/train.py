@@ -131,10 +131,10 @@ class Train(Program):
                             ("sample_every", sample_every)):
             if value < 1:
                 raise ValueError(f"Train.{name} must be >= 1, got {value}")
-        if (val_every or sample_every) and val_dataset is None:
-            logging.info("Train.val_dataset is None: no validation loss or samples")
-        if sample_every and val_dataset is not None and codec is None:
-            logging.info("Train.codec is None: validation samples are not generated")
+        if val_dataset is None:
+            dist.log_main("Train.val_dataset is None: no validation loss or samples")
+        elif codec is None:
+            dist.log_main("Train.codec is None: validation samples are not generated")
         # Every rank builds the same initial weights (the reference seeds before building).
         torch.manual_seed(seed)
         np.random.seed(seed)
