@@ -78,7 +78,7 @@ def test_two_processes_equal_one_process_with_accumulation(example_workspace, tm
 def get_network_like(state: dict) -> dict:
     """The seeded initial weights of the tiny test network (what step 0 starts from)."""
     torch.manual_seed(14159265)
-    network = get_network("tiny_16k", hidden_dim=64, num_heads=1, depth=2, fused_depth=1)
+    network = get_network("tiny_16k")
     initial = network.state_dict()
     initial["latent_mean"] = state["network"]["latent_mean"]
     initial["latent_std"] = state["network"]["latent_std"]
@@ -155,8 +155,7 @@ def test_nan_row_is_skipped_and_counted_then_the_run_stops(example_workspace, tm
 
 def test_fine_tuning_from_a_released_format_file(example_workspace, tmp_path):
     torch.manual_seed(7)
-    released = get_network("tiny_16k", hidden_dim=64, num_heads=1, depth=2, fused_depth=1,
-                           latent_mean=torch.full((20,), 0.5), latent_std=torch.full((20,), 2.0))
+    released = get_network("tiny_16k", latent_mean=torch.full((20,), 0.5), latent_std=torch.full((20,), 2.0))
     weights = tmp_path / "mmaudio_tiny_16k.pth"
     torch.save(released.state_dict(), weights)  # the released format: a bare state dict
     out = tmp_path / "run"
@@ -178,8 +177,7 @@ def test_released_small_16k_weights_load_into_train(example_workspace, tmp_path)
     weights = tmp_path / "mmaudio_small_16k.pth"
     torch.save(recipe, weights)
     params = train_params(example_workspace, tmp_path / "run", **{"get_network.checkpoint": str(weights)})
-    params += ["get_network.name = 'small_16k'", "get_network.hidden_dim = 448",
-               "get_network.num_heads = 7", "get_network.depth = 12", "get_network.fused_depth = 8"]
+    params += ["get_network.name = 'small_16k'"]
     cli.parse(FILES, params, [str(REPO)])
     with dist.session("cpu"):
         network = cli.build().network

@@ -16,8 +16,7 @@ B, L, C = 6, 250, 20
 
 def tiny_network():
     torch.manual_seed(0)
-    return get_network("tiny_16k", hidden_dim=64, num_heads=1, depth=2, fused_depth=1,
-                       latent_mean=torch.zeros(C), latent_std=torch.ones(C))
+    return get_network("tiny_16k", latent_mean=torch.zeros(C), latent_std=torch.ones(C))
 
 
 def batch(video_exist=(True,) * B, text_exist=(True,) * B):
