@@ -20,11 +20,14 @@ class TableError(ValueError):
 
 
 def read_table(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
-    """Rows of a tsv as dicts of strings; every column in ``required`` must be present."""
+    """Rows of a tsv as dicts of strings; every column in ``required`` must be present.
+
+    A leading UTF-8 byte order mark (spreadsheets save one) is skipped, as pandas does.
+    """
     path = Path(path)
     if not path.is_file():
         raise TableError(f"table {path} does not exist; check the path")
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter="\t")
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]
