@@ -4,7 +4,7 @@ For every clip (id, name, start_sample, end_sample) of CLIPS_TSV whose file ``na
 caption in CAPTIONS_TSV, it stores the VAE posterior mean/std of the clip (resampled to the
 codec's rate, first 8 s) and CLIP text features of the caption (FACTS §9.3). Captions: the
 last row of a repeated id wins, as in the reference (so its own output tsvs work as input);
-clips whose name has no caption are skipped and reported. Audio files are
+clips whose name has no caption, or an empty one, are skipped and reported. Audio files are
 ``<AUDIO_DIR>/<name>.flac``, else ``.wav``, else any file with that stem.
 """
 
@@ -94,6 +94,8 @@ def plan_clip_rows(audio_dir: Path, captions_tsv: Path, clips_tsv: Path) -> tupl
             reason = "duplicate_id"
         elif name not in captions:
             reason = "no_caption"
+        elif not captions[name].strip():
+            reason = "empty_caption"
         elif name not in files:
             reason = "missing_file"
         else:

@@ -81,7 +81,9 @@ class VideoRowDecoder:
 
 
 def plan_video_rows(video_dir: Path, video_tsv: Path) -> tuple[list[PlannedRow], list[dict[str, str]], int]:
-    """Rows to extract in tsv order, rejected rows (duplicate id, no file), unlisted files."""
+    """Rows to extract in tsv order, rejected rows (duplicate id, empty label, no file), unlisted
+    files. An empty label is a gap in the table, not a caption: its row is rejected, not trained
+    on with the features of an empty string."""
     if not video_dir.is_dir():
         raise FileNotFoundError(f"VIDEO_DIR {video_dir} is not a directory; set VIDEO_DIR")
     files: dict[str, Path] = {}
@@ -94,6 +96,8 @@ def plan_video_rows(video_dir: Path, video_tsv: Path) -> tuple[list[PlannedRow],
         path = files.get(video_id, video_dir / f"{video_id}.mp4")
         if video_id in seen:
             rejected.append({"id": video_id, "path": str(path), "reason": "duplicate_id"})
+        elif not label.strip():
+            rejected.append({"id": video_id, "path": str(path), "reason": "empty_caption"})
         elif video_id not in files:
             rejected.append({"id": video_id, "path": str(path), "reason": "missing_file"})
         else:
