@@ -19,6 +19,8 @@ half. The reader accepts every layout and always returns float32.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +111,7 @@ class FeatureStore:
         self.memmap_dir = Path(memmap_dir)
         self.tsv_path = Path(tsv) if tsv is not None else StorePaths(self.memmap_dir).tsv
         self._check_exists()
+        self._check_file_sizes()
         self._td: TensorDict | None = None
         td = self._tensors()
         self.keys = tuple(sorted(td.keys()))
@@ -138,6 +141,25 @@ class FeatureStore:
                 f"the table {self.tsv_path} of store {self.memmap_dir} is missing; a store is the "
                 "directory plus its tsv (copy both)"
             )
+
+    def _check_file_sizes(self) -> None:
+        """Every memmap file holds the bytes meta.json promises. Checked before mapping:
+        tensordict maps a short file by growing it with zeros, which would rewrite the store
+        and serve zeros as features."""
+        meta = json.loads((self.memmap_dir / "meta.json").read_text())
+        for key, entry in meta.items():
+            if not (isinstance(entry, dict) and "shape" in entry and "dtype" in entry):
+                continue
+            path = self.memmap_dir / f"{key}.memmap"
+            dtype = getattr(torch, entry["dtype"].removeprefix("torch."))
+            expected = math.prod(entry["shape"]) * torch.empty((), dtype=dtype).element_size()
+            size = path.stat().st_size if path.is_file() else 0
+            if size < expected:
+                raise StoreError(
+                    f"{path} is {size} bytes; meta.json (shape {entry['shape']}, {entry['dtype']}) "
+                    f"expects {expected}. The file is truncated or missing (an interrupted copy?): "
+                    "copy the store again or re-extract it"
+                )
 
     def _tensors(self) -> TensorDict:
         if self._td is None:
