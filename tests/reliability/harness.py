@@ -1,0 +1,165 @@
+"""Helpers the reliability scenarios share: tiny runs, killing a forked run, comparing outputs.
+
+Runs to be killed are forked from the test process (a real process, killed with a real
+SIGKILL) instead of started with `python launch.py`: a fork needs no interpreter start and no
+imports, which would cost seconds per trial. Resumes run in the test process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mmgin import cli, io
+from mmgin.data.store import StorePaths
+from mmgin.train import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]
+TINY_ENCODERS = "gin/test/tiny_encoders.gin"
+EXTRACTION_FILES = ["gin/extract_audio_16k.gin", TINY_ENCODERS]
+STEPS = 6
+
+
+def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
+    """A 6-step tiny training run on the example stores: a checkpoint every step, validation
+    every 3, EMA snapshots every 2, deterministic on one thread (so runs compare bit for bit)."""
+    stores = workspace / "stores"
+    params = {
+        "VIDEO_STORES": [str(stores / "video-16k")],
+        "AUDIO_STORES": [str(stores / "audio-16k")],
+        "VAL_STORE": str(stores / "video-16k"),
+        "OUTPUT_DIR": str(out),
+        "Train.codec": None,  # no generated samples: they cost seconds and are covered elsewhere
+        "training_mixture.video_oversample": 1,
+        "Train.num_iterations": STEPS,
+        "Train.checkpoint_every": 1,
+        "Train.log_every": 2,
+        "Train.val_every": 3,
+        "Train.ema_snapshot_every": 2,
+        "Train.deterministic": True,
+        "Train.num_threads": 1,
+    }
+    params.update(overrides)
+    return [f"{k} = {v!r}" for k, v in params.items()]
+
+
+def extraction_params(inputs: Path, audios: Path, store: Path) -> list[str]:
+    """The audio extraction of `extraction_inputs`: blocks of 2 clips, captions one by one."""
+    return [f"AUDIO_DIR = '{audios}'", f"CAPTIONS_TSV = '{inputs / 'captions.tsv'}'",
+            f"CLIPS_TSV = '{inputs / 'clips.tsv'}'", f"OUTPUT_DIR = '{store}'",
+            "ExtractAudioFeatures.batch_size = 2", "ExtractAudioFeatures.text_batch_size = 1",
+            "ExtractAudioFeatures.num_workers = 0", "launch.device = 'cpu'"]
+
+
+def run_in_process(files: list[str], params: list[str]) -> None:
+    assert cli.run(files, params, [str(REPO)], dry_run=False) == 0
+
+
+def _child(target: Callable[[], None], errors) -> None:
+    torch.set_num_threads(1)  # no OpenMP pool inherited half-made from the parent
+    try:
+        target()
+    except BaseException as error:
+        errors.send(f"{type(error).__name__}: {error}")
+        raise
+
+
+class Forked:
+    """A function running in a forked process; `error` is what it raised, if it did."""
+
+    def __init__(self, target: Callable[[], None]):
+        context = multiprocessing.get_context("fork")
+        self._errors, child_end = context.Pipe(duplex=False)
+        self.process = context.Process(target=_child, args=(target, child_end), daemon=True)
+        self.process.start()
+        child_end.close()
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def join(self, timeout: float = 600) -> int | None:
+        self.process.join(timeout)
+        return self.process.exitcode
+
+    def sigkill(self) -> bool:
+        """SIGKILLs the process; True if it was still running (the kill landed)."""
+        alive = self.process.is_alive()
+        if alive:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(timeout=60)
+        return alive and self.process.exitcode == -signal.SIGKILL
+
+    @property
+    def error(self) -> str | None:
+        return self._errors.recv() if self._errors.poll() else None
+
+
+def run_forked(target: Callable[[], None]) -> float:
+    """Runs ``target`` to the end in a forked process, as the killed runs do; returns its wall
+    time (the span kill points are drawn from)."""
+    start = time.perf_counter()
+    forked = Forked(target)
+    assert forked.join() == 0, f"the uninterrupted run failed: {forked.error}"
+    return time.perf_counter() - start
+
+
+def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 120.0) -> bool:
+    """Polls until ``condition`` holds (True) or the process ends / time runs out (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if not forked.is_alive():
+            return condition()
+        time.sleep(0.002)
+    return False
+
+
+def run_outputs(out: Path) -> dict[str, object]:
+    """What a finished training run leaves that must not depend on interruptions: the newest
+    checkpoint (without its config text, which names the run's own directory), the checkpoint
+    names kept, the EMA snapshots and the synthesized EMA weights."""
+    names = ckpt.list_checkpoints(out)
+    newest = {k: v for k, v in io.load_torch(names[0]).items() if k != "config"}
+    snapshots = {p.name: io.load_torch(p) for p in sorted((out / "ema_ckpts").glob("*.pt"))}
+    return {"checkpoint": newest, "ema_final": io.load_torch(out / "ema_final.pth"),
+            "snapshots": snapshots, "checkpoints": [p.name for p in names]}
+
+
+def store_files(store: Path) -> dict[str, bytes]:
+    """Every file of a finished store and its tables (config records name the run's paths)."""
+    files = {p.name: p.read_bytes() for p in store.iterdir() if not p.name.endswith(".gin")}
+    for path in (StorePaths(store).tsv, StorePaths(store).failures):
+        files[path.name.replace(store.name, "<store>")] = path.read_bytes()
+    return files
+
+
+def differences(a: object, b: object, where: str = "") -> list[str]:
+    """Paths at which two nested structures of tensors and plain values differ (bit for bit)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+        return [] if same else [where]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where} keys"]
+        return [d for k in a for d in differences(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where} length"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [where]
+
+
+def trial_rng() -> tuple[random.Random, int]:
+    """A seeded generator for kill points; MMGIN_RELIABILITY_SEED=<seed> replays a failed run."""
+    seed = int(os.environ.get("MMGIN_RELIABILITY_SEED", str(time.time_ns() % 2**31)))
+    return random.Random(seed), seed
