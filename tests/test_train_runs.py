@@ -169,6 +169,12 @@ def test_fine_tuning_from_a_released_format_file(example_workspace, tmp_path):
     assert torch.equal(state["network"]["latent_std"], released.latent_std.detach())
     moved = [k for k, v in released.state_dict().items() if not torch.equal(v, state["network"][k])]
     assert moved and all(torch.isfinite(v).all() for v in state["network"].values())
+    # a training checkpoint also serves as Train.weights: its network part is taken
+    from_checkpoint = ckpt.network_weights(ckpt.list_checkpoints(out)[0])
+    assert all(torch.equal(v, state["network"][k]) for k, v in from_checkpoint.items())
+    with pytest.raises(ckpt.CheckpointError, match="neither a released network file"):
+        io.save_torch({"iteration": 3}, tmp_path / "other.pth")
+        ckpt.network_weights(tmp_path / "other.pth")
 
 
 def test_released_small_16k_weights_load_into_train(example_workspace, tmp_path):
