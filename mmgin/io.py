@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 import torch
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """No room to write a file; nothing was written and any previous version is intact."""
+
+
+def disk_full_error(
+    path: str | os.PathLike, error: OSError,
+    consequence: str = "nothing was written and any previous version of it is intact",
+) -> OSError:
+    """``error`` as a DiskFullError naming ``path`` when it says the disk is full, else itself."""
+    if error.errno not in _DISK_FULL or isinstance(error, DiskFullError):
+        return error
+    return DiskFullError(
+        error.errno, f"no space to write {path} ({error.strerror}); {consequence}. Free space on "
+        "that disk (or point the output elsewhere) and re-run"
+    )
 
 
 @contextlib.contextmanager
@@ -30,9 +51,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(error, OSError):
+            clear = disk_full_error(path, error)
+            if clear is not error:
+                raise clear from error
         raise
 
 
@@ -51,10 +76,35 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+class _WriteRecorder:
+    """A binary file that remembers why a write failed: torch.save turns an OSError from the
+    file (a full disk) into a RuntimeError that no longer says what went wrong."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
 def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> None:
     """Writes ``path`` atomically through ``writer(binary_file)``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        writer(f)
+        recorder = _WriteRecorder(f)
+        try:
+            writer(recorder)
+        except Exception as error:
+            if recorder.error is not None and error is not recorder.error:
+                raise recorder.error from error
+            raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
