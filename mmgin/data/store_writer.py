@@ -4,7 +4,7 @@ A store is built in ``<name>.partial/`` (also the extraction program's output di
 its ``config.gin`` ends up inside the finished store):
 
     plan.json            the rows to write (id, caption, media path) and the distinct captions
-    <key>.memmap         preallocated (sparse) row data; ranks write their rows by index
+    <key>.memmap         preallocated row data (disk blocks reserved); ranks write rows by index
     progress.rows        one byte per row: 0 pending, 1 done, 2 failed
     progress.text        one byte per distinct caption: 0 pending, 1 done
     failures/<row>.json  why a row failed (written before its progress byte)
@@ -18,6 +18,7 @@ visible when complete. Each finalisation step can be repeated after a crash.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -405,9 +406,26 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _allocate(path: Path, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """A zero-filled (sparse) file of the tensor's size, mapped shared for writing."""
+    """A zero-filled file of the tensor's size, mapped shared for writing.
+
+    Its disk blocks are reserved up front: on a full disk this fails here with a clear error,
+    instead of the process dying of SIGBUS later while writing rows through the mapping.
+    """
     path.unlink(missing_ok=True)
-    return MemoryMappedTensor.empty(torch.Size(shape), dtype=dtype, filename=path)
+    tensor = MemoryMappedTensor.empty(torch.Size(shape), dtype=dtype, filename=path)
+    size = path.stat().st_size
+    if size:
+        with open(path, "rb+") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as error:
+                if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    return tensor  # a file system without reservations: stays sparse
+                del tensor
+                path.unlink(missing_ok=True)
+                raise io.disk_full_error(path, error, f"the store being built in {path.parent} "
+                                         "is unfinished and is not visible as a store") from error
+    return tensor
 
 
 def _read_progress(path: Path) -> torch.Tensor:
