@@ -99,7 +99,11 @@ class Forked:
 
     @property
     def error(self) -> str | None:
-        return self._errors.recv() if self._errors.poll() else None
+        """What the function raised; None if it raised nothing or the process was killed."""
+        try:
+            return self._errors.recv() if self._errors.poll() else None
+        except EOFError:
+            return None
 
 
 def run_forked(target: Callable[[], None]) -> float:
