@@ -1,12 +1,22 @@
 """Training-step throughput of the MMAudio network: samples/s, memory and MFU.
 
-Runs the reference training step on synthetic features already on the device: DDP (a
-one-rank process group), bf16 autocast, torch.compile of forward + loss (fullgraph), fused
-AdamW (lr 1e-4, betas (0.9, 0.95), weight decay 1e-6, eps 1e-6) and gradient clipping at 1.0.
-Warm-up steps (compilation included) are not timed. One JSON line per (variant, batch):
+Runs the training program's own step (mmgin.train.trainer.Trainer.train_step) on synthetic
+features already on the device: the compiled FlowLoss (torch.compile fullgraph) inside DDP on a
+one-rank process group, as the reference's measurement ran it, bf16 autocast, fused AdamW
+(lr 1e-4, betas (0.9, 0.95), weight decay 1e-6, eps 1e-6), gradient clipping at 1.0, CFG
+dropout 0.1. The Trainer wraps DDP only for world size > 1; here the bench wraps the same
+compiled loss itself. Warm-up steps (compilation included) are not timed. One JSON line per
+(variant, batch):
 
-    python bench/train_step.py --variant small_16k large_44k --batch 32 64 --out r.json
+    python bench/train_step.py --variant small_16k --batch 256 --out r.json
+    python bench/train_step.py --variant large_44k --batch 64 --profile prof/
+    python bench/train_step.py --variant large_44k --batch 16 32 48 --dynamic --memory_cap_gib 23
     python bench/train_step.py --device cpu --variant tiny_16k --batch 2 --steps 2 --warmup 1
+
+`--memory_cap_gib` caps the caching allocator (set_per_process_memory_fraction): a batch that
+needs more is recorded with "oom": true and larger batches of that variant are skipped.
+`--dynamic` compiles once with a symbolic batch, so a batch sweep costs one compilation.
+`--profile DIR` writes, per configuration, the top kernels and their share of the step.
 
 MFU = analytic training FLOPs (mmgin.model.flops) / step time / --peak_flops (989e12: H100
 SXM dense bf16).
@@ -15,6 +25,10 @@ SXM dense bf16).
 from __future__ import annotations
 
 import argparse
+import ast
+import collections
+import functools
+import gc
 import json
 import os
 import socket
@@ -24,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._functorch.config
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -32,9 +47,12 @@ from mmgin import io
 from mmgin.model import FlowMatching, MMAudio, network_kwargs
 from mmgin.model.flops import training_flops_per_sample
 from mmgin.testing.recipe import recipe_rule
+from mmgin.train.optim import adamw
+from mmgin.train.trainer import Trainer
 
 H100_BF16_DENSE_FLOPS = 989e12
 CFG_DROPOUT = 0.1
+GIB = 2**30
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +63,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--compile_backend", default="inductor")
+    parser.add_argument("--compile_mode", default=None, help="torch.compile mode (default: none)")
+    parser.add_argument("--dynamic", action="store_true", help="compile with a symbolic batch")
+    parser.add_argument("--no-ddp", dest="ddp", action="store_false",
+                        help="call the compiled loss directly instead of through one-rank DDP")
     parser.add_argument(
         "--autocast",
         choices=["bf16", "fp32"],
@@ -54,6 +76,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--peak_flops", type=float, default=H100_BF16_DENSE_FLOPS)
+    parser.add_argument("--memory_cap_gib", type=float, default=None)
+    parser.add_argument("--functorch_config", action="append", default=[], metavar="NAME=VALUE",
+                        help="set torch._functorch.config.NAME (partitioner knobs); repeatable")
+    parser.add_argument("--profile", type=Path, default=None, help="folder for kernel tables")
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON")
     return parser.parse_args(argv)
 
@@ -93,51 +119,47 @@ def build_network(variant: str, device: torch.device, checkpointing: bool) -> MM
 
 
 def synthetic_batch(network: MMAudio, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch as the loader yields it (all modalities present), on the device."""
     g = torch.Generator(device=device).manual_seed(1)
     shape = (batch, network.latent_seq_len, network.latent_dim)
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=g, device=device)
+
     return {
-        "a_mean": torch.randn(shape, generator=g, device=device),
+        "a_mean": randn(*shape),
         "a_std": torch.rand(shape, generator=g, device=device) * 0.9 + 0.1,
-        "clip_f": torch.randn(batch, network.clip_seq_len, 1024, generator=g, device=device),
-        "sync_f": torch.randn(batch, network.sync_seq_len, 768, generator=g, device=device),
-        "text_f": torch.randn(batch, network.text_seq_len, 1024, generator=g, device=device),
+        "clip_features": randn(batch, network.clip_seq_len, 1024),
+        "sync_features": randn(batch, network.sync_seq_len, 768),
+        "text_features": randn(batch, network.text_seq_len, 1024),
+        "video_exist": torch.ones(batch, dtype=torch.bool, device=device),
+        "text_exist": torch.ones(batch, dtype=torch.bool, device=device),
     }
 
 
-class TrainingLoss(nn.Module):
-    """The reference train_fn as one module, so one compiled graph covers all of it.
-
-    Samples the VAE posterior, normalizes, drops video and text (CFG) with torch.where,
-    draws logit-normal t and the noise, runs the network and returns the batch-mean loss.
-    """
-
-    def __init__(self, network: MMAudio, autocast_dtype: torch.dtype | None = torch.bfloat16):
-        super().__init__()
-        self.network = network
-        self.fm = FlowMatching()
-        self.autocast_dtype = autocast_dtype
-
-    def forward(
-        self,
-        a_mean: torch.Tensor,
-        a_std: torch.Tensor,
-        clip_f: torch.Tensor,
-        sync_f: torch.Tensor,
-        text_f: torch.Tensor,
-    ) -> torch.Tensor:
-        net, batch, device = self.network, a_mean.shape[0], a_mean.device
-        x1 = (a_mean + a_std * torch.randn_like(a_mean) - net.latent_mean) / net.latent_std
-        drop_video = torch.rand(batch, 1, 1, device=device) < CFG_DROPOUT
-        drop_text = torch.rand(batch, 1, 1, device=device) < CFG_DROPOUT
-        clip_f = torch.where(drop_video, net.empty_clip_feat.unsqueeze(0), clip_f)
-        sync_f = torch.where(drop_video, net.empty_sync_feat.unsqueeze(0), sync_f)
-        text_f = torch.where(drop_text, net.empty_string_feat.unsqueeze(0), text_f)
-        t = self.fm.sample_t(batch, device=device)
-        x0, xt = self.fm.get_x0_xt(x1, t)
-        enabled = self.autocast_dtype is not None
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=enabled):
-            pred = net(xt, clip_f, sync_f, text_f, t)
-        return self.fm.loss(pred.float(), x0, x1).mean()
+def build_trainer(args: argparse.Namespace, network: MMAudio, device: torch.device) -> Trainer:
+    """The training program's Trainer; compiled and DDP-wrapped here with the bench's options."""
+    precision = args.autocast or ("bf16" if device.type == "cuda" else "fp32")
+    trainer = Trainer(
+        network, FlowMatching(), device, virtual_ranks=[0], seed=0, precision=precision,
+        compile=False, make_optimizer=functools.partial(adamw, learning_rate=1e-4),
+        lr_schedule=lambda step: 1.0, clip_grad_norm=1.0, grad_scaler=False,
+        null_condition_probability=CFG_DROPOUT, independent_video_dropout=False, ema=None,
+    )
+    if args.compile:
+        trainer.loss_fn = torch.compile(
+            trainer.loss_fn, fullgraph=True, backend=args.compile_backend,
+            mode=args.compile_mode, dynamic=True if args.dynamic else None,
+        )
+    trainer.model = trainer.loss_fn
+    if args.ddp:
+        # DDP's own forward stays eager; the compiled loss runs inside it, as in Trainer.
+        trainer.model = DistributedDataParallel(
+            trainer.loss_fn, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+        trainer.distributed = True
+    return trainer
 
 
 def synchronize(device: torch.device) -> None:
@@ -145,67 +167,169 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_config(
-    args: argparse.Namespace, variant: str, batch: int, device: torch.device
-) -> dict[str, Any]:
-    network = build_network(variant, device, args.activation_checkpointing)
-    autocast = args.autocast or ("bf16" if device.type == "cuda" else "fp32")
-    loss_module: nn.Module = TrainingLoss(network, torch.bfloat16 if autocast == "bf16" else None)
-    if args.compile:
-        # DDP's own forward is not traceable; compiling inside it keeps one full graph.
-        loss_module = torch.compile(loss_module, fullgraph=True, backend=args.compile_backend)
-    model = DistributedDataParallel(
-        loss_module, device_ids=[device.index] if device.type == "cuda" else None
-    )
-    params = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-6, eps=1e-6, fused=True
-    )
-    data = synthetic_batch(network, batch, device)
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    if any(k in lowered for k in ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")):
+        return "convolution"
+    if any(k in lowered for k in ("flash", "fmha", "attention", "sdpa")):
+        return "attention"
+    if any(k in lowered for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90_")):
+        return "matmul"
+    if lowered.startswith("triton"):
+        return "fused elementwise (triton)"
+    if "nccl" in lowered:
+        return "communication"
+    if any(k in lowered for k in ("adam", "multi_tensor", "foreach")):
+        return "optimizer"
+    return "other (eager elementwise, copies, reductions)"
 
-    def step() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(**data)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        return loss
 
-    for _ in range(args.warmup):
-        step()
+def profile_steps(trainer: Trainer, data: dict, steps: int, device: torch.device) -> dict[str, Any]:
+    """Kernel times over `steps` steps: top kernels, categories, GPU-busy share of wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step([data])
+        synchronize(device)
+    wall_us = (time.perf_counter() - start) * 1e6
+    kernels: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        # Ranges such as "DistributedDataParallel.forward" also appear on the device timeline
+        # as user annotations; they overlap the kernels and are not counted.
+        if event.device_type == torch.autograd.DeviceType.CUDA and not getattr(
+            event, "is_user_annotation", False
+        ):
+            entry = kernels[event.name]
+            entry[0] += event.time_range.elapsed_us()
+            entry[1] += 1
+    total = sum(v[0] for v in kernels.values()) or 1.0
+    categories: dict[str, float] = collections.defaultdict(float)
+    for name, (us, _) in kernels.items():
+        categories[kernel_category(name)] += us
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:60]
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall_us / steps / 1e3,
+        "kernel_ms_per_step": total / steps / 1e3,
+        "kernel_launches_per_step": sum(v[1] for v in kernels.values()) / steps,
+        "categories": {k: {"ms_per_step": v / steps / 1e3, "share": v / total}
+                       for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [
+            {"name": name[:160], "ms_per_step": us / steps / 1e3, "share": us / total,
+             "calls_per_step": calls / steps, "category": kernel_category(name)}
+            for name, (us, calls) in top
+        ],
+    }
+
+
+def write_profile(path: Path, config: str, report: dict[str, Any]) -> None:
+    lines = [f"# {config}",
+             f"wall {report['wall_ms_per_step']:.2f} ms/step, kernels "
+             f"{report['kernel_ms_per_step']:.2f} ms/step, "
+             f"{report['kernel_launches_per_step']:.0f} launches/step", "", "## categories"]
+    for name, c in report["categories"].items():
+        lines.append(f"{c['ms_per_step']:9.2f} ms {100 * c['share']:5.1f}%  {name}")
+    lines += ["", "## top kernels (ms/step, share of kernel time, calls/step)"]
+    for k in report["top_kernels"]:
+        lines.append(f"{k['ms_per_step']:9.3f} ms {100 * k['share']:5.1f}% "
+                     f"{k['calls_per_step']:6.1f}x  {k['name']}")
+    io.write_text(path, "\n".join(lines) + "\n")
+
+
+def run_batch(
+    args: argparse.Namespace, trainer: Trainer, variant: str, batch: int, device: torch.device
+) -> dict[str, Any]:
+    network = trainer.network
+    data = synthetic_batch(network, batch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
+    trainer.train_step([data])
+    synchronize(device)
+    first_step_s = time.perf_counter() - start
+    for _ in range(args.warmup - 1):
+        trainer.train_step([data])
+    trainer.collect_window()  # host sync; resets the loss window
+    start = time.perf_counter()
     for _ in range(args.steps):
-        loss = step()
+        trainer.train_step([data])
     synchronize(device)
     step_time = (time.perf_counter() - start) / args.steps
-    flops = training_flops_per_sample(network) * batch
+    window = trainer.collect_window()
+    flops = training_flops_per_sample(network)
     result = {
         "variant": variant,
         "batch": batch,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "samples_per_s": batch / step_time,
         "step_time_s": step_time,
-        "peak_memory_gib": (
-            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        ),
-        "mfu": flops / step_time / args.peak_flops,
-        "train_tflops_per_sample": training_flops_per_sample(network) / 1e12,
-        "autocast": autocast,
+        "first_step_s": first_step_s,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None,
+        "mfu": flops * batch / step_time / args.peak_flops,
+        "train_tflops_per_sample": flops / 1e12,
+        "autocast": trainer.precision,
         "compile": args.compile,
         "compile_backend": args.compile_backend if args.compile else None,
+        "compile_mode": args.compile_mode if args.compile else None,
+        "dynamic": args.dynamic,
+        "ddp": args.ddp,
         "activation_checkpointing": args.activation_checkpointing,
+        "memory_cap_gib": args.memory_cap_gib,
+        "functorch_config": args.functorch_config,
         "steps": args.steps,
         "warmup": args.warmup,
-        "final_loss": float(loss.detach()),
+        "final_loss": float(window["loss"]),
+        "grad_norm": float(window["grad_norm"]),
+        "torch": torch.__version__,
     }
-    del model, optimizer, network, data
-    torch._dynamo.reset()
+    if args.profile is not None:
+        report = profile_steps(trainer, data, 3, device)
+        config = f"{variant}_b{batch}{'_ac' if args.activation_checkpointing else ''}"
+        write_profile(args.profile / f"profile_{config}.txt", config, report)
+        result["profile"] = {k: report[k] for k in
+                             ("wall_ms_per_step", "kernel_ms_per_step", "kernel_launches_per_step",
+                              "categories")}
+    return result
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
+
+
+def run_variant(
+    args: argparse.Namespace, variant: str, device: torch.device
+) -> list[dict[str, Any]]:
+    """All batches of one variant: one network and trainer (one compilation with --dynamic)."""
+    results = []
+    trainer = None
+    for batch in args.batch:
+        if trainer is None or not args.dynamic:
+            trainer = None
+            torch._dynamo.reset()
+            free_memory(device)
+            trainer = build_trainer(args, build_network(variant, device, args.activation_checkpointing), device)
+        try:
+            result = run_batch(args, trainer, variant, batch, device)
+        except torch.OutOfMemoryError:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            result = {"variant": variant, "batch": batch, "oom": True,
+                      "memory_cap_gib": args.memory_cap_gib,
+                      "activation_checkpointing": args.activation_checkpointing}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+        if result.get("oom"):
+            break  # larger batches of this variant need more memory still
+    del trainer
+    torch._dynamo.reset()
+    free_memory(device)
+    return results
 
 
 def main(argv: list[str]) -> list[dict[str, Any]]:
@@ -218,18 +342,23 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+        if args.memory_cap_gib is not None:
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * GIB / total), device)
     else:
         device = torch.device("cpu")
+    for item in args.functorch_config:
+        name, value = item.split("=", 1)
+        if not hasattr(torch._functorch.config, name):
+            raise SystemExit(f"--functorch_config {item}: torch._functorch.config has no {name!r}")
+        setattr(torch._functorch.config, name, ast.literal_eval(value))
     init_single_rank_group(device)
-    results = []
+    results: list[dict[str, Any]] = []
     try:
         for variant in args.variant:
-            for batch in args.batch:
-                result = run_config(args, variant, batch, device)
-                print(json.dumps(result), flush=True)
-                results.append(result)
-                if args.out is not None:
-                    io.write_text(args.out, json.dumps(results, indent=1) + "\n")
+            results.extend(run_variant(args, variant, device))
+            if args.out is not None:
+                io.write_text(args.out, json.dumps(results, indent=1) + "\n")
     finally:
         dist.destroy_process_group()
     return results

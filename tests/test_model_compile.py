@@ -1,8 +1,8 @@
 """The training step compiles as one graph, equals eager, and the benchmark script runs on CPU.
 
-The step is the benchmark's TrainingLoss (posterior sample, CFG dropout by torch.where,
-logit-normal t, network, loss) under DDP, as the GPU benchmark runs it. It compiles with the
-aot_eager backend: fullgraph=True proves there is no graph break in the network or the loss,
+The step is the trainer's FlowLoss (posterior sample, CFG dropout by torch.where, network,
+loss) compiled inside DDP, as the GPU benchmark and multi-GPU training run it. It compiles with
+the aot_eager backend: fullgraph=True proves there is no graph break in the network or the loss,
 and AOTAutograd traces the backward; Inductor's C++ code generation would take minutes on two
 cores and is exercised by the GPU benchmark instead.
 """
@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mmgin.model import get_network
+from mmgin.model import FlowMatching, get_network
 from mmgin.model.flops import training_flops_per_sample
+from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
 
@@ -36,8 +37,9 @@ def bench() -> ModuleType:
 def _loss_and_grads(model: torch.nn.Module, params: list[torch.nn.Parameter], data: dict):
     for p in params:
         p.grad = None
-    torch.manual_seed(3)  # the same posterior noise, dropout, t and x0 in both runs
-    loss = model(**data)
+    # The same posterior noise, t, x0 and dropout in every run; 0.5 drops some rows.
+    noise = draw_noise(data["a_mean"], FlowMatching(), torch.Generator().manual_seed(3), 0.5, False)
+    loss = model(**loss_inputs(data, noise)).mean()
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in params]
 
@@ -46,8 +48,8 @@ def test_compiled_training_step_equals_eager(bench: ModuleType) -> None:
     network = get_network("tiny_16k").train()
     bench.recipe_like_init_(network, torch.Generator().manual_seed(0))
     params = [p for p in network.parameters() if p.requires_grad]
-    step = bench.TrainingLoss(network, autocast_dtype=None)
-    data = bench.synthetic_batch(network, 2, torch.device("cpu"))
+    step = FlowLoss(network, FlowMatching())
+    data = bench.synthetic_batch(network, 4, torch.device("cpu"))
     eager_loss, eager_grads = _loss_and_grads(step, params, data)
 
     torch._dynamo.reset()
@@ -82,7 +84,7 @@ def test_activation_checkpointing_gives_the_same_gradients(bench: ModuleType) ->
     results = []
     for network in (plain, checkpointed):
         params = [p for p in network.parameters() if p.requires_grad]
-        results.append(_loss_and_grads(bench.TrainingLoss(network, None), params, data))
+        results.append(_loss_and_grads(FlowLoss(network, FlowMatching()), params, data))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
     for grad, reference in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(grad, reference, rtol=1e-6, atol=1e-9)

@@ -28,7 +28,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 class SelfAttention(nn.Module):
     """q/k/v projection with per-head RMSNorm on q and k, then optional RoPE.
 
-    The qkv output channels are laid out (head, head_dim, q|k|v) as in the released weights.
+    The qkv weight rows are laid out (head, head_dim, q|k|v) as in the released weights. The
+    forward reorders them to (q|k|v, head, head_dim) first (a small gather of the weight), so
+    each head's q, k and v come out as contiguous rows for the norms, RoPE and attention; every
+    output value is the same dot product as with the released layout.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -39,10 +42,17 @@ class SelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim)
         self.k_norm = nn.RMSNorm(self.head_dim)
 
+    def _grouped(self, rows: torch.Tensor) -> torch.Tensor:
+        """(head, head_dim, 3, ...) rows -> (3, head, head_dim, ...) rows."""
+        grouped = rows.view(self.num_heads, self.head_dim, 3, -1).permute(2, 0, 1, 3)
+        return grouped.reshape(rows.shape)
+
     def pre_attention(self, x: torch.Tensor, rot: torch.Tensor | None) -> QKV:
         batch, length, _ = x.shape
-        qkv = self.qkv(x).view(batch, length, self.num_heads, self.head_dim, 3)
-        q, k, v = qkv.permute(0, 2, 1, 3, 4).unbind(-1)
+        weight = self._grouped(self.qkv.weight)
+        bias = self._grouped(self.qkv.bias.unsqueeze(-1)).squeeze(-1)
+        qkv = F.linear(x, weight, bias).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, H, L, head_dim)
         q = self.q_norm(q)
         k = self.k_norm(k)
         if rot is not None:
