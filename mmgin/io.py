@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -118,6 +119,34 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
     write_with(path, lambda f: torch.save(obj, f))
+
+
+_NAME_BYTES = 200  # room for a suffix within the usual 255-byte limit on a file name
+
+
+def safe_file_name(name: str) -> str:
+    """A file name for ``name`` (an id from a user's table) that stays inside its folder.
+
+    A plain name is kept as it is. Otherwise path separators, control characters and '%' are
+    %-escaped (UTF-8 bytes), '', '.' and '..' are escaped whole, and a name too long for the
+    file system is cut and ends with '%~' and a hash of the whole. Escaped names contain '%'
+    and plain ones do not, so distinct ids always get distinct files.
+    """
+    def plain(char: str) -> bool:
+        return char not in "/\\%" and char.isprintable()
+
+    if name and name not in (".", "..") and all(plain(c) for c in name) and len(name.encode()) <= _NAME_BYTES:
+        return name
+    if not name:
+        return "%"
+    if name in (".", ".."):
+        return "%2E" * len(name)
+    escaped = "".join(c if plain(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+    if len(escaped.encode()) <= _NAME_BYTES:
+        return escaped
+    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+    head = escaped.encode()[: _NAME_BYTES - len(digest) - 2].decode(errors="ignore")
+    return f"{head}%~{digest}"
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

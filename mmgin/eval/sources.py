@@ -16,6 +16,7 @@ from absl import logging
 
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
 from mmgin.data.store import FeatureStore
+from mmgin.io import safe_file_name
 from mmgin.eval.generate import Conditions
 from mmgin.media.errors import MediaError
 from mmgin.media.video import load_video_frames
@@ -51,11 +52,12 @@ class ConditionSource(Protocol):
 
 
 def find_video(directory: Path | None, item_id: str) -> Path | None:
-    """`<directory>/<id>.<video suffix>`, or None."""
+    """`<directory>/<id>.<video suffix>`, or None. An id that is not a plain file name (a path,
+    '..') is looked up by its escaped name, so it never reads outside `directory`."""
     if directory is None:
         return None
     for suffix in VIDEO_SUFFIXES:
-        candidate = directory / f"{item_id}{suffix}"
+        candidate = directory / f"{safe_file_name(item_id)}{suffix}"
         if candidate.is_file():
             return candidate
     return None

@@ -208,7 +208,7 @@ class Evaluate(Program):
             ):
                 audio = codec.decode_latent(latents).float().cpu()
             for n, (item_id, wav) in enumerate(zip(prepared.ids, audio)):
-                write_audio(self.audio_dir / f"{item_id}.flac", wav, codec.sampling_rate)
+                write_audio(self.audio_dir / f"{io.safe_file_name(item_id)}.flac", wav, codec.sampling_rate)
                 written += 1
                 if self.write_videos and (self.videos_per_batch is None or n < self.videos_per_batch):
                     self._mux(source, item_id, wav, codec.sampling_rate, failures)
@@ -224,9 +224,9 @@ class Evaluate(Program):
         video = source.source_video(item_id)
         if video is None:
             return
+        target = self.video_out_dir / f"{io.safe_file_name(item_id)}.mp4"
         try:
-            mux_video_with_audio(video, wav, rate, self.video_out_dir / f"{item_id}.mp4",
-                                 duration=self.seq.duration)
+            mux_video_with_audio(video, wav, rate, target, duration=self.seq.duration)
         except MediaError as e:
             logging.warning("no mp4 for %s: %s", item_id, e)
             failures.append(Failure(item_id, str(video), e.reason, str(e)))

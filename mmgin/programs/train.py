@@ -372,7 +372,8 @@ class Train(Program):
             with torch.no_grad():
                 audio = self.codec.decode_latent(latents).float().cpu()
             for item_id, waveform in zip(batch["id"], audio):
-                write_audio(audio_dir / f"{item_id}.flac", waveform, self.codec.sampling_rate)
+                name = io.safe_file_name(item_id)  # ids come from user tables: never a path
+                write_audio(audio_dir / f"{name}.flac", waveform, self.codec.sampling_rate)
             if info.is_main and indices[0] < self.tensorboard_samples:
                 self._log_samples(writer, batch, audio, indices, it)
         self.network.train()
