@@ -93,7 +93,7 @@ def scenario(request, tally):
     yield
     report = getattr(request.node, "rep_call", None)
     if report is not None:
-        tally.add(request.node.originalname, report.passed)
+        tally.add(request.node.originalname.removeprefix("test_").replace("_", " "), report.passed)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -7,10 +7,12 @@ imports, which would cost seconds per trial. Resumes run in the test process.
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import random
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -63,8 +65,9 @@ def run_in_process(files: list[str], params: list[str]) -> None:
     assert cli.run(files, params, [str(REPO)], dry_run=False) == 0
 
 
-def _child(target: Callable[[], None], errors) -> None:
+def _child(target: Callable[[], None], errors, stacks: str) -> None:
     torch.set_num_threads(1)  # no OpenMP pool inherited half-made from the parent
+    faulthandler.register(signal.SIGUSR1, file=open(stacks, "w"), all_threads=True)
     try:
         target()
     except BaseException as error:
@@ -78,9 +81,16 @@ class Forked:
     def __init__(self, target: Callable[[], None]):
         context = multiprocessing.get_context("fork")
         self._errors, child_end = context.Pipe(duplex=False)
-        self.process = context.Process(target=_child, args=(target, child_end), daemon=True)
+        self._stacks = tempfile.NamedTemporaryFile(prefix="mmgin-forked-", suffix=".txt")
+        self.process = context.Process(target=_child, args=(target, child_end, self._stacks.name), daemon=True)
         self.process.start()
         child_end.close()
+
+    def stacks(self) -> str:
+        """The Python stacks of every thread of the (running) process, for a hang report."""
+        os.kill(self.process.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        return Path(self._stacks.name).read_text()
 
     def is_alive(self) -> bool:
         return self.process.is_alive()
@@ -115,8 +125,9 @@ def run_forked(target: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 120.0) -> bool:
-    """Polls until ``condition`` holds (True) or the process ends / time runs out (False)."""
+def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 60.0) -> bool:
+    """Polls until ``condition`` holds (True) or the process ends (False); a process still
+    running after ``timeout`` s without getting there has hung: AssertionError with its stacks."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -124,7 +135,7 @@ def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 120
         if not forked.is_alive():
             return condition()
         time.sleep(0.002)
-    return False
+    raise AssertionError(f"no progress in {timeout} s; the process hangs in:\n{forked.stacks()}")
 
 
 def run_outputs(out: Path) -> dict[str, object]:

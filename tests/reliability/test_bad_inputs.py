@@ -49,6 +49,10 @@ def extract_audio(audios: Path, captions: Path, clips: Path, store: Path) -> Non
             [str(REPO)], dry_run=False)
 
 
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
 def failure_reasons(store: Path) -> dict[str, str]:
     return {r["id"]: r["reason"] for r in tsv_io.read_table(StorePaths(store).failures)}
 
@@ -58,13 +62,18 @@ def rows_by_id(store: FeatureStore) -> dict[str, dict[str, torch.Tensor]]:
     return {item: {k: v[i] for k, v in features.items()} for i, item in enumerate(store.ids)}
 
 
-def assert_rows_match_clean_run(store: Path, clean: Path, ids: list[str]) -> None:
+def assert_rows_match_clean_run(store: Path, clean: Path, ids: list[str], tally) -> None:
+    """The good rows amid bad inputs equal the clean run's rows (counted as data lost if not)."""
     clean_store = FeatureStore.open(clean)
     got, want = rows_by_id(FeatureStore.open(store)), rows_by_id(clean_store)
+    lost = []
     for item in ids:
         for key, value in want[item].items():
             tolerance = CLOSE[clean_store.dtype(key)]
-            torch.testing.assert_close(got[item][key], value, **tolerance, msg=f"{item} {key}")
+            if item not in got or not torch.allclose(got[item][key], value, **tolerance):
+                lost.append(f"{item} {key}")
+    tally.add(f"good rows amid bad inputs ({store.name} of {clean.name})", not lost, len(lost))
+    assert lost == [], lost
 
 
 def assert_valid_rows(store: Path, ids: list[str]) -> None:
@@ -76,28 +85,29 @@ def assert_valid_rows(store: Path, ids: list[str]) -> None:
 
 # ----------------------------------------------------------------------------- video corpus
 GOOD_VIDEOS = ["video_000", "video_001"]
+# id -> (what it is, the reason the failure report must give)
 BAD_VIDEOS = {
-    "zero_bytes": "unreadable",
-    "text_as_mp4": "unreadable",
-    "truncated": "unreadable",
-    "no_audio": "no_audio_stream",
-    "audio_only": "no_video_stream",
-    "half_second": "too_short",
-    "five_seconds": "too_short",
-    "silent_audio": "silent",
-    "one_by_one": "bad_frame_size",
-    "fps_2000": "bad_frame_rate",
-    "../../evil": "missing_file",
-    "a/b": "missing_file",
-    "": "missing_file",
-    "absent": "missing_file",
-    "empty_label": "empty_caption",
-    "no_label_field": "empty_caption",
+    "zero_bytes": ("zero-byte .mp4", "unreadable"),
+    "text_as_mp4": ("text file named .mp4", "unreadable"),
+    "truncated": ("truncated mp4 (first half)", "unreadable"),
+    "no_audio": ("video without an audio stream", "no_audio_stream"),
+    "audio_only": ("audio-only mp4", "no_video_stream"),
+    "half_second": ("0.5 s clip", "too_short"),
+    "five_seconds": ("5 s video (8 s needed)", "too_short"),
+    "silent_audio": ("digitally silent soundtrack", "silent"),
+    "one_by_one": ("1x1 frames", "bad_frame_size"),
+    "fps_2000": ("2000 fps video stream", "bad_frame_rate"),
+    "../../evil": ("id with '..' (a real video there)", "missing_file"),
+    "a/b": ("id with a path separator (a real video there)", "missing_file"),
+    "": ("empty id", "missing_file"),
+    "absent": ("id with no file", "missing_file"),
+    "empty_label": ("empty label", "empty_caption"),
+    "no_label_field": ("row without its label field", "empty_caption"),
 }
 
 
 @pytest.fixture(scope="module")
-def video_corpus(example_workspace, tmp_path_factory) -> tuple[Path, Path]:
+def video_corpus(example_workspace, tmp_path_factory) -> tuple[Path, Path, set[Path]]:
     """Bad videos around two of the example's videos, at the real 8 s clip duration; the good
     rows sit in blocks with bad ones, so a failure inside a batch is exercised."""
     root = tmp_path_factory.mktemp("video_corpus")
@@ -131,31 +141,42 @@ def video_corpus(example_workspace, tmp_path_factory) -> tuple[Path, Path]:
     table = root / "videos.tsv"
     table.write_text(tsv_io.format_table(["id", "label"], rows) + "no_label_field\n", encoding="utf-8")
     store = root / "stores" / "corpus"
+    before = files_under(root)
     extract_video(videos, table, store)
-    return store, root
+    return store, root, files_under(root) - before
 
 
 def test_video_corpus_keeps_the_good_rows_in_order(video_corpus):
-    store, _ = video_corpus
+    store, _, _ = video_corpus
     assert [r["id"] for r in tsv_io.read_table(StorePaths(store).tsv)] == GOOD_VIDEOS
     assert not StorePaths(store).partial.exists()
 
 
-def test_video_corpus_good_rows_equal_the_clean_run(video_corpus, example_workspace):
-    store, _ = video_corpus
-    assert_rows_match_clean_run(store, example_workspace / "stores" / "video-16k", GOOD_VIDEOS)
+def test_video_corpus_good_rows_equal_the_clean_run(video_corpus, example_workspace, tally):
+    store, _, _ = video_corpus
+    assert_rows_match_clean_run(store, example_workspace / "stores" / "video-16k", GOOD_VIDEOS, tally)
 
 
-def test_every_bad_video_is_reported_with_its_reason(video_corpus):
-    store, root = video_corpus
+def test_every_bad_video_is_reported_with_its_reason(video_corpus, tally):
+    store, root, new_files = video_corpus
     reasons = failure_reasons(store)
-    assert {k: reasons.get(k) for k in BAD_VIDEOS} == BAD_VIDEOS
+    for item, (kind, reason) in BAD_VIDEOS.items():
+        tally.add(f"bad video: {kind} -> {reason}", reasons.get(item) == reason)
+    tally.add("bad video: duplicate id -> duplicate_id", reasons.get("video_000") == "duplicate_id")
+    assert {k: reasons.get(k) for k in BAD_VIDEOS} == {k: r for k, (_, r) in BAD_VIDEOS.items()}
     assert reasons.get("video_000") == "duplicate_id"
     assert len(reasons) == len(BAD_VIDEOS) + 1
-    assert (root / "evil.mp4").is_file() and not list(root.glob("*.memmap"))
+    outside = [p for p in new_files if root / "stores" not in p.parents]
+    assert outside == [], outside
 
 
-UNUSUAL_VIDEOS = ["uhd_4k", "side_16", "clip ü é", "vfr_vp9", "mjpeg_96k_6ch"]
+UNUSUAL_VIDEOS = {
+    "uhd_4k": "3840x2160 frames (h264)",
+    "side_16": "16x16 frames, the smallest accepted",
+    "clip ü é": "mpeg4 + 8 kHz mono AAC, unicode and spaces in the name, a label with quotes/tab/newline",
+    "vfr_vp9": "vp9 in webm at a variable frame rate + 48 kHz stereo opus",
+    "mjpeg_96k_6ch": "mjpeg in mkv + 96 kHz 5.1 pcm",
+}
 
 
 @pytest.fixture(scope="module")
@@ -185,35 +206,43 @@ def unusual_videos(tmp_path_factory) -> Path:
     return store
 
 
-def test_unusual_but_valid_videos_are_extracted(unusual_videos):
+def test_unusual_but_valid_videos_are_extracted(unusual_videos, tally):
     table = tsv_io.read_table(StorePaths(unusual_videos).tsv)
-    assert [r["id"] for r in table] == UNUSUAL_VIDEOS
+    for item, kind in UNUSUAL_VIDEOS.items():
+        tally.add(f"valid video: {kind} -> extracted", item in [r["id"] for r in table])
+    assert [r["id"] for r in table] == list(UNUSUAL_VIDEOS)
     assert table[2]["label"] == ODD_LABEL  # quotes, tab, newline and unicode survive the table
-    assert_valid_rows(unusual_videos, UNUSUAL_VIDEOS)
+    assert_valid_rows(unusual_videos, list(UNUSUAL_VIDEOS))
     assert FeatureStore.open(unusual_videos).shape("clip_features") == (8, 1024)
 
 
+@pytest.mark.usefixtures("scenario")
 def test_1x1_frames_are_rejected(unusual_videos):
     assert failure_reasons(unusual_videos) == {"one_by_one": "bad_frame_size"}
 
 
 # ----------------------------------------------------------------------------- audio corpus
 BAD_CLIPS = {
-    "silent_0": "silent",
-    "zero_bytes_0": "unreadable",
-    "text_as_flac_0": "unreadable",
-    "truncated_0": "unreadable",
-    "short_0": "too_short",
-    "duplicate": "duplicate_id",
-    "backwards": "bad_span",
-    "uncaptioned_0": "no_caption",
-    "absent_0": "missing_file",
-    "empty_caption_0": "empty_caption",
+    "silent_0": ("silent flac", "silent"),
+    "zero_bytes_0": ("zero-byte .flac", "unreadable"),
+    "text_as_flac_0": ("text file named .flac", "unreadable"),
+    "truncated_0": ("truncated flac (first half)", "unreadable"),
+    "short_0": ("5 s wav (8.1 s clip asked for)", "too_short"),
+    "duplicate": ("duplicate clip id", "duplicate_id"),
+    "backwards": ("clip span with end before start", "bad_span"),
+    "uncaptioned_0": ("file without a caption", "no_caption"),
+    "absent_0": ("captioned name with no file", "missing_file"),
+    "empty_caption_0": ("empty caption", "empty_caption"),
+}
+VALID_CLIPS = {
+    "../../evil_0": "8 kHz mono wav (clip id with '..')",
+    "/abs/path_0": "96 kHz 5.1 flac (absolute clip id)",
+    "a/b 🎵": "48 kHz stereo opus, unicode name with spaces, caption with quotes/tab/newline (id with '/')",
 }
 
 
 @pytest.fixture(scope="module")
-def audio_corpus(example_workspace, tmp_path_factory) -> tuple[Path, list[dict[str, str]]]:
+def audio_corpus(example_workspace, tmp_path_factory) -> tuple[Path, set[Path]]:
     root = tmp_path_factory.mktemp("audio_corpus")
     audios = root / "audios"
     audios.mkdir()
@@ -254,8 +283,9 @@ def audio_corpus(example_workspace, tmp_path_factory) -> tuple[Path, list[dict[s
     text = tsv_io.format_table(["id", "caption"], [{"id": k, "caption": v} for k, v in captions.items()])
     (root / "captions.tsv").write_text("\ufeff" + text, encoding="utf-8")  # as spreadsheets save it
     store = root / "stores" / "corpus"
+    before = files_under(root)
     extract_audio(audios, root / "captions.tsv", root / "clips.tsv", store)
-    return store, clips
+    return store, files_under(root) - before
 
 
 GOOD_CLIPS = ["audio_000_0", "audio_000_1", "../../evil_0", "/abs/path_0", "a/b 🎵", "duplicate"]
@@ -268,19 +298,28 @@ def test_audio_corpus_keeps_good_clips_in_order(audio_corpus):
     assert table[4]["caption"] == ODD_LABEL
 
 
-def test_audio_corpus_good_rows_equal_the_clean_run(audio_corpus, example_workspace):
+def test_audio_corpus_good_rows_equal_the_clean_run(audio_corpus, example_workspace, tally):
     store, _ = audio_corpus
-    assert_rows_match_clean_run(store, example_workspace / "stores" / "audio-16k", ["audio_000_0", "audio_000_1"])
+    assert_rows_match_clean_run(store, example_workspace / "stores" / "audio-16k", ["audio_000_0", "audio_000_1"],
+                                tally)
 
 
-def test_8k_mono_96k_surround_and_opus_clips_are_extracted(audio_corpus):
+def test_8k_mono_96k_surround_and_opus_clips_are_extracted(audio_corpus, tally):
     store, _ = audio_corpus
-    assert_valid_rows(store, ["../../evil_0", "/abs/path_0", "a/b 🎵", "duplicate"])
+    extracted = FeatureStore.open(store).ids
+    for item, kind in VALID_CLIPS.items():
+        tally.add(f"valid audio: {kind} -> extracted", item in extracted)
+    assert_valid_rows(store, list(VALID_CLIPS) + ["duplicate"])
 
 
-def test_every_bad_clip_is_reported_with_its_reason(audio_corpus):
-    store, _ = audio_corpus
-    assert failure_reasons(store) == BAD_CLIPS
+def test_every_bad_clip_is_reported_with_its_reason(audio_corpus, tally):
+    store, new_files = audio_corpus
+    reasons = failure_reasons(store)
+    for item, (kind, reason) in BAD_CLIPS.items():
+        tally.add(f"bad audio: {kind} -> {reason}", reasons.get(item) == reason)
+    assert reasons == {k: r for k, (_, r) in BAD_CLIPS.items()}
+    outside = [p for p in new_files if store.parent not in p.parents]
+    assert outside == [], outside
 
 
 # ------------------------------------------------------------------------- bad configuration
@@ -299,6 +338,7 @@ def assert_no_work_started(store: Path) -> None:
     assert leftovers <= {"config.gin", "operative_config.gin"}, leftovers
 
 
+@pytest.mark.usefixtures("scenario")
 @pytest.mark.parametrize("name,text,message", [
     ("missing_column", "id\tcaption\nclip\ta clip\n", r"lacks column\(s\) label \(has: id, caption\)"),
     ("wrong_delimiter", "id,label\nclip,a clip\n", r"lacks column\(s\) id, label .*tab-separated header"),
@@ -315,6 +355,7 @@ def test_bad_video_table_stops_before_any_work(one_video, tmp_path, name, text, 
     assert_no_work_started(store)
 
 
+@pytest.mark.usefixtures("scenario")
 def test_captions_that_match_no_clip_stop_with_a_report(example_workspace, tmp_path):
     captions = tmp_path / "captions.tsv"
     tsv_io.write_table(captions, ["id", "caption"], [{"id": "nobody", "caption": "a caption for nothing"}])
@@ -325,11 +366,13 @@ def test_captions_that_match_no_clip_stop_with_a_report(example_workspace, tmp_p
     assert_no_work_started(store)
 
 
+@pytest.mark.usefixtures("scenario")
 def test_missing_media_folder_is_a_clear_error(tmp_path, example_workspace):
     with pytest.raises(FileNotFoundError, match=r"VIDEO_DIR .*nowhere is not a directory"):
         extract_video(tmp_path / "nowhere", example_workspace / "video.tsv", tmp_path / "store")
 
 
+@pytest.mark.usefixtures("scenario")
 def test_byte_order_mark_is_read_like_pandas(example_workspace, tmp_path):
     plain = example_workspace / "video.tsv"
     marked = tmp_path / "video.tsv"
@@ -345,6 +388,7 @@ def copy_store(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.usefixtures("scenario")
 def test_store_with_more_table_rows_than_memmap_rows_is_refused(example_workspace, tmp_path):
     store = copy_store(example_workspace / "stores" / "video-16k", tmp_path / "video-16k")
     with StorePaths(store).tsv.open("a", encoding="utf-8") as table:
@@ -353,6 +397,7 @@ def test_store_with_more_table_rows_than_memmap_rows_is_refused(example_workspac
         FeatureStore.open(store)
 
 
+@pytest.mark.usefixtures("scenario")
 def test_truncated_memmap_file_is_refused_and_left_untouched(example_workspace, tmp_path):
     store = copy_store(example_workspace / "stores" / "video-16k", tmp_path / "video-16k")
     memmap = store / "clip_features.memmap"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("scenario")
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = ["launch.py", "mmgin", "bench", "tests"]
 
@@ -54,14 +57,19 @@ def hostile_ids(root: Path) -> list[str]:
             "", ".", "..", "50%", "ü 🎵 名前", "x" * 300, "video_000"]
 
 
-def write_store_with_ids(path: Path, ids: list[str]) -> Path:
-    """A finished 16 kHz video store of random features whose rows carry ``ids``."""
+def write_store_with_ids(path: Path, ids: list[str], duration: float = 8.0) -> Path:
+    """A finished 16 kHz video store of random features (clips of ``duration``) whose rows
+    carry ``ids``."""
     import torch
 
     from mmgin.data.store import StoreFormat
     from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
+    from mmgin.model import SequenceConfig
 
-    shapes = {"mean": (250, 20), "std": (250, 20), "clip_features": (64, 1024), "sync_features": (192, 768)}
+    seq = SequenceConfig.for_mode("16k", duration)
+    latent = (seq.latent_seq_len, seq.latent_dim)
+    shapes = {"mean": latent, "std": latent, "clip_features": (seq.clip_seq_len, 1024),
+              "sync_features": (seq.sync_seq_len, 768)}
     rows = [PlannedRow({"id": item, "label": f"label {n}"}, f"label {n}", f"{n}.mp4") for n, item in enumerate(ids)]
     plan = Plan(("id", "label"), rows, shapes, (77, 1024), StoreFormat())
     generator = torch.Generator().manual_seed(0)
@@ -110,7 +118,7 @@ def test_evaluation_outputs_named_by_hostile_ids_stay_in_their_folders(example_w
 
     work = tmp_path / "one" / "two" / "three" / "four"
     ids = hostile_ids(tmp_path)
-    store = write_store_with_ids(work / "stores" / "hostile", ids)
+    store = write_store_with_ids(work / "stores" / "hostile", ids, duration=2.0)  # 2 s: cheaper to generate
     sources = work / "sources" / "videos"
     video = example_workspace / "videos" / "video_000.mp4"
     # Videos where a lookup joining the id to the folder would find (and mux) them.
@@ -124,6 +132,7 @@ def test_evaluation_outputs_named_by_hostile_ids_stay_in_their_folders(example_w
     before = files_under(tmp_path)
     run_in_process(["gin/evaluate_16k.gin", "gin/audio/tiny.gin", "gin/test/tiny_encoders.gin"],
                    ["NETWORK = 'tiny_16k'", "FlowMatching.num_steps = 1", f"Evaluate.batch_size = {len(ids)}",
+                    "Evaluate.duration = 2.0",
                     f"WEIGHTS = '{weights}'", f"OUTPUT_DIR = '{out}'", f"STORE = '{store}'",
                     f"SOURCE_VIDEOS = '{sources}'"])
     new = files_under(tmp_path) - before
