@@ -8,6 +8,7 @@ imports, which would cost seconds per trial. Resumes run in the test process.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import multiprocessing
 import os
 import random
@@ -66,6 +67,9 @@ def run_in_process(files: list[str], params: list[str]) -> None:
 
 
 def _child(target: Callable[[], None], errors, stacks: str) -> None:
+    # Objects inherited from the parent are never collected here: their finalizers (a closed
+    # TensorBoard writer joining its thread, which does not exist in the fork) would hang.
+    gc.freeze()
     torch.set_num_threads(1)  # no OpenMP pool inherited half-made from the parent
     faulthandler.register(signal.SIGUSR1, file=open(stacks, "w"), all_threads=True)
     try:
@@ -82,6 +86,7 @@ class Forked:
         context = multiprocessing.get_context("fork")
         self._errors, child_end = context.Pipe(duplex=False)
         self._stacks = tempfile.NamedTemporaryFile(prefix="mmgin-forked-", suffix=".txt")
+        gc.collect()  # leave the child as little garbage with finalizers as possible
         self.process = context.Process(target=_child, args=(target, child_end, self._stacks.name), daemon=True)
         self.process.start()
         child_end.close()
