@@ -1,7 +1,8 @@
 """Fixtures of the reliability suite: reference runs shared by the fault scenarios, and the tally
 of trials behind tests/reliability/README.md.
 
-Set MMGIN_RELIABILITY_REPORT=<file.json> to write the tally of every scenario after the run.
+Set MMGIN_RELIABILITY_REPORT=<file.json> to write the tally of every scenario after the run,
+and MMGIN_RELIABILITY_CPU_REPORT=<file.json> for the CPU seconds of each test (with children).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -29,6 +31,8 @@ from .harness import (
     train_params,
 )
 from .media import Sound, write_audio_only
+
+_CPU_KEY = pytest.StashKey[dict]()
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +98,27 @@ def scenario(request, tally):
     report = getattr(request.node, "rep_call", None)
     if report is not None:
         tally.add(request.node.originalname.removeprefix("test_").replace("_", " "), report.passed)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (forked runs, torchrun)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Records each test's CPU seconds (setup, call, teardown) for the README's budget table."""
+    start = _cpu_seconds()
+    result = yield
+    item.config.stash.setdefault(_CPU_KEY, {})[item.nodeid] = round(_cpu_seconds() - start, 1)
+    return result
+
+
+def pytest_sessionfinish(session):
+    target = os.environ.get("MMGIN_RELIABILITY_CPU_REPORT")
+    if target:
+        Path(target).write_text(json.dumps(session.config.stash.get(_CPU_KEY, {}), indent=1) + "\n")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

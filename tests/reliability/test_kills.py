@@ -94,8 +94,8 @@ def test_training_killed_at_random_points_resumes_bit_identically(
 
 
 def write_big_checkpoint(output_dir: Path) -> None:
-    """Checkpoint 5 of ~320 MB: large enough that its write takes a while to kill."""
-    network = {f"w{i}": torch.full((16384,), float(i)) for i in range(5000)}
+    """Checkpoint 5 of ~130 MB: large enough that its write takes a while to kill."""
+    network = {f"w{i}": torch.full((16384,), float(i)) for i in range(2000)}
     ckpt.save(output_dir, 5, {"iteration": 5, "network": network})
 
 
