@@ -83,8 +83,8 @@ def test_synthesize_ema_program_matches_algorithm_3(tmp_path):
             package["_extra_state"] = {"initted": True, "step": step}
             io.save_torch(package, folder / f"{profile}.{step}.pt")
     # reference snapshots carry no profiles.json: the sigma_rels come from the config
-    program = SynthesizeEMA(output_dir=run, sigma_rel=0.08, snapshot_sigma_rels=sigma_rels,
-                            output_name="ema.pth")
+    program = SynthesizeEMA(output_dir=run, snapshot_dir=folder, sigma_rel=0.08,
+                            snapshot_sigma_rels=sigma_rels, output_name="ema.pth")
     program.run()
     result = io.load_torch(run / "ema.pth")
 
@@ -99,7 +99,8 @@ def test_synthesize_ema_program_matches_algorithm_3(tmp_path):
         np.testing.assert_allclose(result[name].numpy(), expected, rtol=1e-5, atol=1e-5)
 
     # an earlier step uses only the snapshots taken up to it
-    SynthesizeEMA(output_dir=run, sigma_rel=0.08, step=200, snapshot_sigma_rels=sigma_rels).run()
+    SynthesizeEMA(output_dir=run, snapshot_dir=folder, sigma_rel=0.08, step=200,
+                  snapshot_sigma_rels=sigma_rels).run()
     early = io.load_torch(run / "ema_sigma0.08_step200.pth")
     keys = [k for k in keys if k[1] <= 200]
     gammas = [ema_lib.sigma_rel_to_gamma(sigma_rels[p]) for p, _ in keys]

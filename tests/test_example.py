@@ -37,8 +37,8 @@ def test_example_pipeline_runs_every_stage(tmp_path):
     assert len(list((train / "samples" / "000000004").glob("*.flac"))) == 1
     assert list((train / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (train / "ema_ckpts").glob("*.pt")) == ["0.2.pt", "0.4.pt", "1.2.pt", "1.4.pt"]
-    for name in ("ema_final.pth", "ema_sigma0.08_step4.pth"):
-        weights = io.load_torch(train / name)
+    for path in (train / "ema_final.pth", out / "ema" / "ema_sigma0.08_step4.pth"):
+        weights = io.load_torch(path)
         network = get_network("tiny_16k")
         network.load_weights(weights)  # the released format: loads strictly
         assert all(torch.isfinite(v).all() for v in weights.values())

@@ -21,8 +21,8 @@ from mmgin.train import ema as ema_lib
 @gin.configurable
 class SynthesizeEMA(Program):
     """Solves Karras et al.'s Algorithm 3 (float64 least squares) over the snapshots in
-    `snapshot_dir` (default `<output_dir>/ema_ckpts`) and writes the EMA of width `sigma_rel`
-    at `step` (default: the latest snapshot) as a released-format state dict.
+    `snapshot_dir` (a Train run's `ema_ckpts`) and writes the EMA of width `sigma_rel` at `step`
+    (default: the latest snapshot) into `output_dir` as a released-format state dict.
 
     `snapshot_sigma_rels` names the profiles of reference snapshots, which do not record them
     (mmgin's do, in profiles.json). With `network` (a factory, e.g. `@get_network`), the result
@@ -34,7 +34,7 @@ class SynthesizeEMA(Program):
         output_dir: str | Path = gin.REQUIRED,
         sigma_rel: float = 0.05,
         step: int | None = None,
-        snapshot_dir: str | Path | None = None,
+        snapshot_dir: str | Path = gin.REQUIRED,
         snapshot_sigma_rels: Sequence[float] | None = (0.05, 0.1),
         output_name: str | None = None,
         network: Callable[[], MMAudio] | None = None,
@@ -43,7 +43,7 @@ class SynthesizeEMA(Program):
         self.sigma_rel = float(sigma_rel)
         ema_lib.sigma_rel_to_gamma(self.sigma_rel)  # rejects a bad width before any work
         self.step = step
-        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else self.output_dir / "ema_ckpts"
+        self.snapshot_dir = Path(snapshot_dir)
         self.snapshot_sigma_rels = snapshot_sigma_rels
         self.output_name = output_name
         self.network = network
