@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from mmgin import dist
 from mmgin.data.store import StoreError, StorePaths, batch_tensor, is_complete
-from mmgin.data.store_writer import PENDING, Plan, StoreWriter, Summary
+from mmgin.data import tsv as tsv_io
+from mmgin.data.store_writer import FAILURE_COLUMNS, PENDING, Plan, StoreWriter, Summary
 from mmgin.media.errors import MediaError
 
 RowDecoder = Callable[[int], Mapping[str, torch.Tensor]]
@@ -224,3 +225,21 @@ def log_summary(store: Path, summary: Summary | None, seconds: float, times: Sta
         "extraction of %s done in %.1f s: %s. Failure report: %s. Time (rank 0): %s",
         store, seconds, summary.text(), paths.failures, times.text(),
     )
+
+
+def encode_captions(clip, captions: list[str], bf16: bool) -> torch.Tensor:
+    """CLIP per-token text features of ``captions`` on this rank's device, as float32."""
+    device = dist.info().device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return clip.encode_text(captions).float()
+
+
+def stop_if_nothing_planned(plan: Plan, store: Path, what: str) -> None:
+    """Every row was rejected: write the failure report (rank 0) and stop, saying where to look."""
+    if plan.rows:
+        return
+    failures = StorePaths(store).failures
+    if dist.is_main():
+        tsv_io.write_table(failures, FAILURE_COLUMNS, plan.rejected)
+    raise ValueError(f"{what} ({len(plan.rejected)} rejected; see {failures})")
+

@@ -20,6 +20,8 @@ from absl import logging
 from mmgin import dist
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import (
+    encode_captions,
+    stop_if_nothing_planned,
     Extraction,
     StageTimes,
     discard_empty_workdir,
@@ -27,7 +29,7 @@ from mmgin.data.extraction import (
     skip_if_complete,
 )
 from mmgin.data.store import AUDIO_COLUMNS, StoreFormat, StorePaths
-from mmgin.data.store_writer import FAILURE_COLUMNS, Plan, PlannedRow
+from mmgin.data.store_writer import Plan, PlannedRow
 from mmgin.media.audio import decode_audio, prepare_waveform
 from mmgin.model.sequence import SequenceConfig
 from mmgin.programs.base import Program
@@ -169,8 +171,7 @@ class ExtractAudioFeatures(Program):
         return {"mean": mean.float(), "std": std.float()}
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
-        with self._autocast(dist.info().device):
-            return self.clip.encode_text(captions).float()
+        return encode_captions(self.clip, captions, self.bf16)
 
     def run(self) -> None:
         if skip_if_complete(self.store, self.overwrite):
@@ -178,13 +179,7 @@ class ExtractAudioFeatures(Program):
             return
         start = time.perf_counter()
         plan = dist.broadcast_object(self._plan() if dist.is_main() else None)
-        if not plan.rows:
-            if dist.is_main():
-                tsv_io.write_table(StorePaths(self.store).failures, FAILURE_COLUMNS, plan.rejected)
-            raise ValueError(
-                f"no clip of {self.clips_tsv} could be extracted ({len(plan.rejected)} rejected; "
-                f"see {StorePaths(self.store).failures})"
-            )
+        stop_if_nothing_planned(plan, self.store, f"no clip of {self.clips_tsv} could be extracted")
         device = dist.info().device
         self.codec = move_to(self.codec, device)
         self.clip = move_to(self.clip, device)

@@ -21,6 +21,8 @@ from torchvision.transforms.v2 import functional as TF
 from mmgin import dist
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import (
+    encode_captions,
+    stop_if_nothing_planned,
     Extraction,
     StageTimes,
     discard_empty_workdir,
@@ -28,7 +30,7 @@ from mmgin.data.extraction import (
     skip_if_complete,
 )
 from mmgin.data.store import VIDEO_COLUMNS, StoreFormat, StorePaths
-from mmgin.data.store_writer import FAILURE_COLUMNS, Plan, PlannedRow
+from mmgin.data.store_writer import Plan, PlannedRow
 from mmgin.media.audio import load_audio
 from mmgin.media.video import load_video_frames
 from mmgin.model.sequence import SYNC_FPS, SequenceConfig
@@ -178,8 +180,7 @@ class ExtractVideoFeatures(Program):
                 "sync_features": sync.float()}
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
-        with self._autocast(dist.info().device):
-            return self.clip.encode_text(captions).float()
+        return encode_captions(self.clip, captions, self.bf16)
 
     def run(self) -> None:
         if skip_if_complete(self.store, self.overwrite):
@@ -187,13 +188,7 @@ class ExtractVideoFeatures(Program):
             return
         start = time.perf_counter()
         plan = dist.broadcast_object(self._plan() if dist.is_main() else None)
-        if not plan.rows:
-            if dist.is_main():
-                tsv_io.write_table(StorePaths(self.store).failures, FAILURE_COLUMNS, plan.rejected)
-            raise ValueError(
-                f"no row of {self.video_tsv} has a video in {self.video_dir} "
-                f"({len(plan.rejected)} rejected; see {StorePaths(self.store).failures})"
-            )
+        stop_if_nothing_planned(plan, self.store, f"no row of {self.video_tsv} has a video in {self.video_dir}")
         device = dist.info().device
         self.codec = move_to(self.codec, device)
         self.clip = move_to(self.clip, device)
