@@ -41,14 +41,13 @@ import torch
 import torch._functorch.config
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from mmgin import io
 from mmgin.model import FlowMatching, MMAudio, network_kwargs
 from mmgin.model.flops import training_flops_per_sample
 from mmgin.testing.recipe import recipe_rule
 from mmgin.train.optim import adamw
-from mmgin.train.trainer import Trainer
+from mmgin.train.trainer import Trainer, wrap_ddp
 
 H100_BF16_DENSE_FLOPS = 989e12
 CFG_DROPOUT = 0.1
@@ -154,10 +153,7 @@ def build_trainer(args: argparse.Namespace, network: MMAudio, device: torch.devi
     trainer.model = trainer.loss_fn
     if args.ddp:
         # DDP's own forward stays eager; the compiled loss runs inside it, as in Trainer.
-        trainer.model = DistributedDataParallel(
-            trainer.loss_fn, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
-        )
+        trainer.model = wrap_ddp(trainer.loss_fn, device)
         trainer.distributed = True
     return trainer
 

@@ -12,8 +12,8 @@ from tensordict import TensorDict
 from mmgin import cli
 from mmgin.data import tsv as tsv_io
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
-from mmgin.media.video import load_video_frames
-from mmgin.programs.extract_video import clip_frames_from_uint8, frames_to_uint8, sync_frames_from_uint8
+from mmgin.media.video import clip_frames_to_float, load_video_frames, sync_frames_to_float
+from mmgin.programs.extract_video import VideoRowDecoder
 from mmgin.programs.make_example_data import write_audio, write_mp4
 from mmgin.programs.partition_clips import clip_spans
 
@@ -55,10 +55,14 @@ def test_example_stores_have_reference_keys_shapes_and_tables(example_workspace)
     assert len(ExtractedAudioDataset(store=stores / "audio-16k", latent_seq_len=250)) == 4
 
 
-def test_frames_travel_as_uint8_without_changing_a_bit(example_workspace):
-    clip, sync = load_video_frames(example_workspace / "videos" / "video_000.mp4")
-    assert torch.equal(clip_frames_from_uint8(frames_to_uint8(clip, 0.0)), clip)
-    assert torch.equal(sync_frames_from_uint8(frames_to_uint8(sync, -1.0)), sync)
+def test_decoder_hands_over_uint8_frames_that_scale_to_the_reference_frames(example_workspace):
+    path = example_workspace / "videos" / "video_000.mp4"
+    decoder = VideoRowDecoder((str(path),), 16000, 128000, True, 64, 200)
+    item = decoder(0)
+    assert item["clip_frames"].dtype == item["sync_frames"].dtype == torch.uint8
+    clip, sync = load_video_frames(path)
+    assert torch.equal(clip_frames_to_float(item["clip_frames"]), clip)
+    assert torch.equal(sync_frames_to_float(item["sync_frames"]), sync)
 
 
 def test_partition_clips_follows_the_reference_rule(example_workspace, tmp_path):
@@ -129,3 +133,23 @@ def test_bad_videos_are_skipped_and_reported(example_workspace, tmp_path):
         "audio_only": "no_video_stream", "no_audio": "no_audio_stream", "too_short": "too_short",
         "absent": "missing_file", "good": "duplicate_id",
     }
+
+
+def test_compiled_encoders_write_the_same_store(example_workspace, tmp_path):
+    """compile=True (aot_eager here: Inductor's C++ build is too slow for CI) traces both
+    encoders without changing a stored feature beyond float rounding."""
+    store = tmp_path / "video-16k"
+    cli.run(
+        ["gin/extract_video_16k.gin", TINY],
+        [f"VIDEO_DIR = '{example_workspace / 'videos'}'", f"VIDEO_TSV = '{example_workspace / 'video.tsv'}'",
+         f"OUTPUT_DIR = '{store}'", "ExtractVideoFeatures.num_workers = 1", "ExtractVideoFeatures.batch_size = 2",
+         "ExtractVideoFeatures.compile = True", "ExtractVideoFeatures.compile_backend = 'aot_eager'"],
+        [str(REPO)], dry_run=False,
+    )
+    eager = TensorDict.load_memmap(example_workspace / "stores" / "video-16k")
+    compiled = TensorDict.load_memmap(store)
+    assert sorted(compiled.keys()) == sorted(eager.keys())
+    for key in ("mean", "std", "text_table", "text_index"):
+        assert torch.equal(compiled[key], eager[key]), key
+    for key in ("clip_features", "sync_features"):  # bf16 storage: a rounding flip at most
+        torch.testing.assert_close(compiled[key].float(), eager[key].float(), rtol=8e-3, atol=1e-5)

@@ -12,7 +12,17 @@ import pytest
 import torch
 
 from mmgin.media import errors
-from mmgin.media.video import clip_transform, load_video_frames, sync_transform
+from torchvision.transforms import v2
+
+from mmgin.media.video import (
+    clip_frames_to_float,
+    clip_transform,
+    load_video_frames,
+    resize_clip_frames,
+    resize_sync_frames,
+    sync_frames_to_float,
+    sync_transform,
+)
 
 # Each source frame i is a flat grey of level (i * 3) % 252 (+ a tiny ramp): lossless H.264
 # keeps it, so a decoded output frame tells which source frame it is.
@@ -154,6 +164,25 @@ def test_transforms_resize_directly_and_center_crop():
     frames[..., 100:200] = 128
     middle = sync_transform(frames)[..., 4:-4]  # away from the ringing at the third boundaries
     assert torch.allclose(middle, torch.full_like(middle, 128 / 255 * 2 - 1), atol=1e-6)
+
+
+def test_uint8_resize_then_scaling_is_the_reference_compose_bit_for_bit():
+    """Workers resize in uint8 and the device scales: together exactly the reference's one
+    torchvision v2 Compose per stream (Resize, [CenterCrop,] ToDtype, [Normalize])."""
+    frames = torch.randint(0, 256, (3, 3, 90, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    bicubic = v2.InterpolationMode.BICUBIC
+    reference_clip = v2.Compose(
+        [v2.Resize((384, 384), interpolation=bicubic, antialias=True), v2.ToDtype(torch.float32, scale=True)]
+    )
+    reference_sync = v2.Compose([
+        v2.Resize(224, interpolation=bicubic, antialias=True), v2.CenterCrop(224),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3),
+    ])
+    clip = resize_clip_frames(frames)
+    sync = resize_sync_frames(frames)
+    assert clip.dtype == sync.dtype == torch.uint8
+    assert torch.equal(clip_frames_to_float(clip), reference_clip(frames))
+    assert torch.equal(sync_frames_to_float(sync), reference_sync(frames))
 
 
 def test_tiny_frames_are_rejected(tmp_path):

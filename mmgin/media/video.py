@@ -15,6 +15,11 @@ The transforms then match the reference extraction (torchvision v2 on uint8 fram
 CLIP: direct bicubic antialiased resize to 384x384 (aspect not kept), scaled to [0, 1].
 Sync: bicubic antialiased resize of the short side to 224, center crop 224, [0, 1], then
 Normalize(0.5, 0.5) to [-1, 1]. Rotation metadata is ignored, as in the reference.
+
+The resize runs on uint8 frames and yields uint8 codes, so it is split from the scaling:
+``decode_video_frames`` stops at the resized uint8 frames (what extraction workers hand to the
+GPU: a quarter of the bytes, and no float passes on the CPU), ``*_frames_to_float`` finish on
+any device, and the composition is bit for bit the reference transform.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class _FrameStream:
         self.transform = transform
         self.count = 0
         self._pending: list[np.ndarray] = []
-        self._out = torch.empty(needed, 3, size, size)
+        self._out = torch.empty(needed, 3, size, size, dtype=torch.uint8)
         self._written = 0
 
     @property
@@ -79,18 +84,35 @@ class _FrameStream:
         return self._out
 
 
-def clip_transform(frames: torch.Tensor, size: int = 384) -> torch.Tensor:
-    """uint8 (T, 3, H, W) -> float32 (T, 3, size, size) in [0, 1]; direct resize, no crop."""
-    frames = TF.resize(frames, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+def resize_clip_frames(frames: torch.Tensor, size: int = 384) -> torch.Tensor:
+    """uint8 (T, 3, H, W) -> uint8 (T, 3, size, size); direct bicubic resize, no crop."""
+    return TF.resize(frames, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def resize_sync_frames(frames: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """uint8 (T, 3, H, W) -> uint8 (T, 3, size, size); bicubic short side, center crop."""
+    frames = TF.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return TF.center_crop(frames, [size, size])
+
+
+def clip_frames_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """Resized uint8 CLIP frames -> float32 in [0, 1] (torchvision's to_dtype, scale=True)."""
     return TF.to_dtype(frames, torch.float32, scale=True)
 
 
+def sync_frames_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """Resized uint8 sync frames -> float32 in [-1, 1] (to_dtype, then Normalize(0.5, 0.5))."""
+    return TF.normalize(TF.to_dtype(frames, torch.float32, scale=True), [0.5] * 3, [0.5] * 3)
+
+
+def clip_transform(frames: torch.Tensor, size: int = 384) -> torch.Tensor:
+    """uint8 (T, 3, H, W) -> float32 (T, 3, size, size) in [0, 1]: the reference CLIP transform."""
+    return clip_frames_to_float(resize_clip_frames(frames, size))
+
+
 def sync_transform(frames: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """uint8 (T, 3, H, W) -> float32 (T, 3, size, size) in [-1, 1]; short side, center crop."""
-    frames = TF.resize(frames, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    frames = TF.center_crop(frames, [size, size])
-    frames = TF.to_dtype(frames, torch.float32, scale=True)
-    return TF.normalize(frames, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    """uint8 (T, 3, H, W) -> float32 (T, 3, size, size) in [-1, 1]: the reference sync transform."""
+    return sync_frames_to_float(resize_sync_frames(frames, size))
 
 
 def _check_stream(stream: av.video.stream.VideoStream, path: str) -> None:
@@ -145,7 +167,7 @@ def _drain(sinks: list, streams: list[_FrameStream]) -> None:
                 break
 
 
-def load_video_frames(
+def decode_video_frames(
     path: str | os.PathLike,
     *,
     clip_fps: float = 8.0,
@@ -155,10 +177,10 @@ def load_video_frames(
     sync_size: int = 224,
     sync_frames: int = 200,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decodes ``path`` once into CLIP frames and sync frames, both from t = 0.
+    """Decodes ``path`` once into resized uint8 CLIP frames and sync frames, both from t = 0.
 
-    Returns (clip (clip_frames, 3, clip_size, clip_size) float32 in [0, 1],
-    sync (sync_frames, 3, sync_size, sync_size) float32 in [-1, 1]). Decoding stops as soon
+    Returns (clip (clip_frames, 3, clip_size, clip_size) uint8, sync (sync_frames, 3,
+    sync_size, sync_size) uint8); ``*_frames_to_float`` finish the transforms. Decoding stops as soon
     as both streams have their frames. Raises a MediaError subclass: UnreadableMedia,
     NoVideoStream, BadFrameRate, BadFrameSize, or TooShort when the video yields fewer frames
     than asked for at either rate (shorter than clip_frames / clip_fps seconds).
@@ -167,8 +189,8 @@ def load_video_frames(
     if not Path(path).is_file():
         raise UnreadableMedia("video file does not exist", path)
     streams = [
-        _FrameStream(clip_frames, clip_size, lambda x: clip_transform(x, clip_size)),
-        _FrameStream(sync_frames, sync_size, lambda x: sync_transform(x, sync_size)),
+        _FrameStream(clip_frames, clip_size, lambda x: resize_clip_frames(x, clip_size)),
+        _FrameStream(sync_frames, sync_size, lambda x: resize_sync_frames(x, sync_size)),
     ]
     try:
         with av.open(path) as container:
@@ -201,3 +223,10 @@ def load_video_frames(
                 path,
             )
     return streams[0].result(), streams[1].result()
+
+
+def load_video_frames(path: str | os.PathLike, **options: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode_video_frames`` with the float transforms applied: (clip float32 in [0, 1],
+    sync float32 in [-1, 1]), exactly the reference's frames. ``options`` as there."""
+    clip, sync = decode_video_frames(path, **options)
+    return clip_frames_to_float(clip), sync_frames_to_float(sync)

@@ -16,7 +16,6 @@ from pathlib import Path
 import gin
 import torch
 from absl import logging
-from torchvision.transforms.v2 import functional as TF
 
 from mmgin import dist
 from mmgin.data import tsv as tsv_io
@@ -32,28 +31,11 @@ from mmgin.data.extraction import (
 from mmgin.data.store import VIDEO_COLUMNS, StoreFormat, StorePaths
 from mmgin.data.store_writer import Plan, PlannedRow
 from mmgin.media.audio import load_audio
-from mmgin.media.video import load_video_frames
+from mmgin.media.video import clip_frames_to_float, decode_video_frames, sync_frames_to_float
 from mmgin.model.sequence import SYNC_FPS, SequenceConfig
 from mmgin.programs.base import Program
 
 TEXT_SHAPE = (77, 1024)
-
-
-def frames_to_uint8(frames: torch.Tensor, low: float) -> torch.Tensor:
-    """Exact uint8 codes of frames made by `to_dtype(uint8 -> float)` (and, for ``low`` = -1,
-    `normalize(0.5, 0.5)`): a quarter of the bytes to move from the decoding workers."""
-    scale = 255.0 / (1.0 - low)
-    return ((frames - low) * scale).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def clip_frames_from_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """The float frames the CLIP transform produced ([0, 1]), bit for bit."""
-    return TF.to_dtype(frames, torch.float32, scale=True)
-
-
-def sync_frames_from_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """The float frames the sync transform produced ([-1, 1]), bit for bit."""
-    return TF.normalize(TF.to_dtype(frames, torch.float32, scale=True), [0.5] * 3, [0.5] * 3)
 
 
 @dataclass(frozen=True)
@@ -74,12 +56,9 @@ class VideoRowDecoder:
             path, self.sample_rate, normalize=self.normalize_audio, reject_silent=self.normalize_audio,
             min_samples=self.num_samples, max_samples=self.num_samples,
         )
-        clip, sync = load_video_frames(path, clip_frames=self.clip_frames, sync_frames=self.sync_frames)
-        return {
-            "waveform": waveform.to(torch.float32),
-            "clip_frames": frames_to_uint8(clip, 0.0),
-            "sync_frames": frames_to_uint8(sync, -1.0),
-        }
+        # Resized uint8 frames: the float scaling runs on the encoders' device.
+        clip, sync = decode_video_frames(path, clip_frames=self.clip_frames, sync_frames=self.sync_frames)
+        return {"waveform": waveform.to(torch.float32), "clip_frames": clip, "sync_frames": sync}
 
 
 def plan_video_rows(video_dir: Path, video_tsv: Path) -> tuple[list[PlannedRow], list[dict[str, str]], int]:
@@ -120,8 +99,10 @@ class ExtractVideoFeatures(Program):
     ``codec`` (an AudioCodec) fixes the mode: 16 kHz (latents 250x20) or 44.1 kHz (345x40).
     ``normalize_audio`` peak-normalises the soundtrack (the reference does for training sets,
     not for val/test). ``bf16`` runs the encoders under bfloat16 autocast (fp32 by default,
-    as the reference). ``feature_dtype``/``dedup_text`` choose the store layout; 'float32'
-    and False give the reference layout.
+    as the reference: bf16 features differ from fp32 by ~1e-2 relative, see bench/README.md).
+    ``compile`` compiles the CLIP image tower and Synchformer with ``compile_backend``
+    (static shapes; a minute or two of compilation on the first batch, then faster batches). ``feature_dtype``/``dedup_text``
+    choose the store layout; 'float32' and False give the reference layout.
     """
 
     def __init__(
@@ -138,6 +119,8 @@ class ExtractVideoFeatures(Program):
         text_batch_size: int = 64,
         num_workers: int = 8,
         bf16: bool = False,
+        compile: bool = False,
+        compile_backend: str = "inductor",
         feature_dtype: str = "bfloat16",
         dedup_text: bool = True,
         overwrite: bool = False,
@@ -150,6 +133,7 @@ class ExtractVideoFeatures(Program):
         self.normalize_audio = normalize_audio
         self.batch_size, self.text_batch_size, self.num_workers = batch_size, text_batch_size, num_workers
         self.bf16 = bf16
+        self.compile, self.compile_backend = compile, compile_backend
         self.store_format = StoreFormat(feature_dtype, dedup_text)
         self.overwrite = overwrite
         self.times = StageTimes()
@@ -173,9 +157,9 @@ class ExtractVideoFeatures(Program):
             with self.times.measure("audio (VAE)", device):
                 mean, std = self.codec.encode_waveform(batch["waveform"])
             with self.times.measure("clip", device):
-                clip = self.clip.encode_frames(clip_frames_from_uint8(batch["clip_frames"]))
+                clip = self.clip.encode_frames(clip_frames_to_float(batch["clip_frames"]))
             with self.times.measure("sync", device):
-                sync = self.synchformer(sync_frames_from_uint8(batch["sync_frames"]))
+                sync = self.synchformer(sync_frames_to_float(batch["sync_frames"]))
         return {"mean": mean.float(), "std": std.float(), "clip_features": clip.float(),
                 "sync_features": sync.float()}
 
@@ -193,6 +177,9 @@ class ExtractVideoFeatures(Program):
         self.codec = move_to(self.codec, device)
         self.clip = move_to(self.clip, device)
         self.synchformer = move_to(self.synchformer, device)
+        if self.compile:
+            self.clip.compile_for_inference(self.compile_backend)
+            self.synchformer.compile_for_inference(self.compile_backend)
         seq = self.sequence
         decoder = VideoRowDecoder(
             tuple(row.source for row in plan.rows), seq.sampling_rate, seq.num_audio_samples,

@@ -32,6 +32,15 @@ class NonFiniteError(RuntimeError):
     """Too many updates in a row were skipped for non-finite loss or gradients."""
 
 
+def wrap_ddp(loss_fn: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP around the (compiled) loss. Gradients are views into the all-reduce buckets, so the
+    step keeps one fp32 copy of them instead of two (a parameter's worth of memory) and skips
+    the bucket-to-grad copies after every all-reduce."""
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(loss_fn, device_ids=device_ids, broadcast_buffers=False,
+                                   gradient_as_bucket_view=True)
+
+
 class Trainer:
     """The model, optimizer, schedule, EMA and generators of one rank, and the step."""
 
@@ -70,8 +79,7 @@ class Trainer:
         self.distributed = dist.world_size() > 1
         self.model: nn.Module = self.loss_fn
         if self.distributed:
-            device_ids = [device.index] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.loss_fn, device_ids=device_ids, broadcast_buffers=False)
+            self.model = wrap_ddp(self.loss_fn, device)
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, precision=precision)
         self.scheduler = lr_scheduler(self.optimizer, lr_schedule)

@@ -255,6 +255,12 @@ class Synchformer(nn.Module):
     def feature_dim(self) -> int:
         return self.vfeat_extractor.cfg.embed_dim
 
+    def compile_for_inference(self, backend: str = "inductor") -> None:
+        """Compiles the per-chunk network in place (state-dict keys unchanged). Chunks are
+        ``segment_batch`` segments, one video's worth by default, so one static shape serves
+        every batch; the first chunk pays the compilation."""
+        self.vfeat_extractor.compile(dynamic=False, backend=backend)
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         cfg = self.vfeat_extractor.cfg
         batch, _, channels, height, width = video.shape
