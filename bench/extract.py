@@ -1,16 +1,19 @@
 """Video extraction throughput: the 44.1 kHz pipeline with full-size encoders on recipe weights.
 
 Writes the deterministic recipe weights (mmgin.testing.recipe) of the 44.1 kHz VAE, Synchformer
-and CLIP DFN5B ViT-H/14-384 to a temp dir, generates example videos (640x360, 25 fps, 10 s;
-a few unique ones, linked under many names), then prints JSON with:
+and CLIP DFN5B ViT-H/14-384 to a scratch dir, generates example videos (640x360, 25 fps, 10 s;
+a few unique ones, linked under many names), then prints (and with --out writes) JSON with:
 
-  decode_only_videos_per_s   DataLoader workers decoding audio + both frame streams, no encoders
-  videos_per_s               ExtractVideoFeatures end to end (decode, encoders, store writes)
-  stage_seconds              where the main process spent its time (per encoder, waiting, writes)
+  decode_only      DataLoader workers decoding audio + both frame streams, no encoders
+  encoders_only    the encoders alone on batches already on the device, per precision
+                   ('fp32': float32 without TF32, as the reference; 'bf16': autocast), eager
+  warmup_run       a first ExtractVideoFeatures run (CUDA start-up, compilation), its seconds
+  timed_run        a second run over --videos videos: end-to-end videos/s, where the main
+                   process spent its time (per encoder, waiting for decoded blocks, writes)
+  encoders_only_after_warmup   the encoders as the timed run configured them (e.g. compiled)
 
-    python bench/extract.py                      # GPU: 128 videos, batch 16, 12 workers, fp32
-    python bench/extract.py --bf16               # the same under bfloat16 autocast
-    python bench/extract.py --smoke              # CPU check: tiny encoders, 4 small videos
+    python bench/extract.py --bf16 --compile --out r.json   # GPU: 512 videos, batch 16, 12 workers
+    python bench/extract.py --smoke                          # CPU check: tiny encoders, 4 small videos
 """
 
 from __future__ import annotations
@@ -20,35 +23,42 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from mmgin import dist
+from mmgin import dist, io
 from mmgin.audio.codec import AudioCodec
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import BlockDataset, global_blocks
 from mmgin.model.sequence import SYNC_FPS, SequenceConfig
-from mmgin.programs.extract_video import ExtractVideoFeatures, VideoRowDecoder, plan_video_rows
+from mmgin.programs.extract_video import ExtractVideoFeatures, VideoRowDecoder, move_to, plan_video_rows
 from mmgin.programs.make_example_data import MakeExampleData
 from mmgin.testing.recipe import recipe_state_dict
 from mmgin.vision.clip import get_clip
 from mmgin.vision.synchformer import get_synchformer
 
+MODE = "44k"
+
 
 def make_videos(root: Path, unique: int, total: int, width: int, height: int, seconds: float) -> tuple[Path, Path]:
-    MakeExampleData(root / "generated", num_videos=unique, num_audios=0, video_seconds=seconds,
-                    width=width, height=height).run()
-    videos = root / "videos"
+    generated = root / "generated"
+    if not generated.exists():
+        MakeExampleData(generated, num_videos=unique, num_audios=0, video_seconds=seconds,
+                        width=width, height=height).run()
+    videos, table = root / f"videos_{total}", root / f"videos_{total}.tsv"
+    if table.exists():
+        return videos, table
     videos.mkdir()
-    sources = sorted((root / "generated" / "videos").iterdir())
+    sources = sorted((generated / "videos").iterdir())
     rows = []
     for i in range(total):
         name = f"clip_{i:05d}"
         (videos / f"{name}.mp4").symlink_to(sources[i % len(sources)])
         rows.append({"id": name, "label": f"label {i % 7}"})
-    tsv_io.write_table(root / "videos.tsv", ("id", "label"), rows)
-    return videos, root / "videos.tsv"
+    tsv_io.write_table(table, ("id", "label"), rows)
+    return videos, table
 
 
 def recipe_checkpoints(root: Path) -> dict[str, Path]:
@@ -59,63 +69,137 @@ def recipe_checkpoints(root: Path) -> dict[str, Path]:
     return paths
 
 
-def decode_only(video_dir: Path, video_tsv: Path, batch_size: int, workers: int) -> float:
-    seq = SequenceConfig.for_mode("44k")
+def video_decoder(video_dir: Path, video_tsv: Path) -> tuple[VideoRowDecoder, int]:
+    seq = SequenceConfig.for_mode(MODE)
     rows, _, _ = plan_video_rows(video_dir, video_tsv)
     decoder = VideoRowDecoder(tuple(r.source for r in rows), seq.sampling_rate, seq.num_audio_samples,
                               True, seq.clip_seq_len, int(seq.duration * SYNC_FPS))
-    loader = DataLoader(BlockDataset(global_blocks(len(rows), batch_size), decoder), batch_size=None,
+    return decoder, len(rows)
+
+
+def decode_only(video_dir: Path, video_tsv: Path, batch_size: int, workers: int) -> dict[str, Any]:
+    decoder, count = video_decoder(video_dir, video_tsv)
+    loader = DataLoader(BlockDataset(global_blocks(count, batch_size), decoder), batch_size=None,
                         num_workers=workers, prefetch_factor=2 if workers else None)
-    start, count = time.perf_counter(), 0
+    start, decoded = time.perf_counter(), 0
     for block in loader:
-        count += len(block["rows"])
-    return count / (time.perf_counter() - start)
+        decoded += len(block["rows"])
+    seconds = time.perf_counter() - start
+    return {"videos": decoded, "seconds": round(seconds, 3), "videos_per_s": decoded / seconds}
+
+
+def synthetic_batch(batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A decoded block as the workers deliver it (uint8 frames), already on the device."""
+    seq = SequenceConfig.for_mode(MODE)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def frames(count: int, size: int) -> torch.Tensor:
+        return torch.randint(0, 256, (batch_size, count, 3, size, size), dtype=torch.uint8, generator=g)
+
+    batch = {
+        "waveform": torch.randn(batch_size, seq.num_audio_samples, generator=g) * 0.1,
+        "clip_frames": frames(seq.clip_seq_len, 384),
+        "sync_frames": frames(int(seq.duration * SYNC_FPS), 224),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor], warmup: int, timed: int) -> dict[str, Any]:
+    """Videos/s of ``program.encode_batch`` alone and seconds per video of each encoder."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            program.encode_batch(batch)
+        program.times.seconds.clear()
+        start = time.perf_counter()
+        for _ in range(timed):
+            program.encode_batch(batch)
+        seconds = time.perf_counter() - start
+    videos = timed * batch["waveform"].shape[0]
+    return {"bf16": program.bf16, "compile": program.compile, "videos": videos, "videos_per_s": videos / seconds,
+            "seconds_per_video": {k: round(v / videos, 4) for k, v in sorted(program.times.seconds.items())}}
+
+
+def extraction_run(root: Path, name: str, encoders: dict, args: argparse.Namespace, videos: int) -> tuple[ExtractVideoFeatures, dict]:
+    video_dir, video_tsv = make_videos(root, args.unique, videos, args.width, args.height, args.seconds)
+    program = ExtractVideoFeatures(
+        output_dir=root / "stores" / name, video_dir=video_dir, video_tsv=video_tsv, **encoders,
+        batch_size=args.batch_size, num_workers=args.workers, bf16=args.bf16, compile=args.compile,
+    )
+    start = time.perf_counter()
+    program.run()
+    seconds = time.perf_counter() - start
+    stages = {k: round(v, 3) for k, v in sorted(program.times.seconds.items())}
+    return program, {"videos": videos, "seconds": round(seconds, 3), "videos_per_s": videos / seconds,
+                     "stage_seconds": stages}
+
+
+def build_encoders(root: Path, size: str, device: torch.device) -> dict:
+    if size == "full":
+        weights = recipe_checkpoints(root)
+        encoders = {"codec": AudioCodec(MODE, vae_checkpoint=weights["vae"], with_vocoder=False),
+                    "clip": get_clip(checkpoint=weights["clip"]),
+                    "synchformer": get_synchformer(checkpoint=weights["synchformer"])}
+    else:
+        encoders = {"codec": AudioCodec(MODE, size="tiny", with_vocoder=False),
+                    "clip": get_clip(size="tiny"), "synchformer": get_synchformer(size="tiny")}
+    return {k: move_to(v, device) for k, v in encoders.items()}
+
+
+def write(results: dict, path: Path | None) -> str:
+    text = json.dumps(results, indent=2)
+    if path is not None:
+        io.write_text(path, text + "\n")
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny encoders and 4 small videos on the CPU")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the encoders")
-    parser.add_argument("--videos", type=int, default=128)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the runs")
+    parser.add_argument("--compile", action="store_true", help="compiled CLIP image tower and Synchformer")
+    parser.add_argument("--videos", type=int, default=512, help="videos of the timed run")
+    parser.add_argument("--warmup_videos", type=int, default=32, help="videos of the untimed first run")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=12)
+    parser.add_argument("--encoder_modes", nargs="*", default=["fp32", "bf16"],
+                        help="eager encoder-only measurements before the runs")
     parser.add_argument("--root", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every stage)")
     args = parser.parse_args()
-    size, width, height, seconds, unique = "full", 640, 360, 10.0, 8
+    size, args.width, args.height, args.seconds, args.unique = "full", 640, 360, 10.0, 8
     if args.smoke:
-        size, width, height, seconds, unique = "tiny", 160, 120, 8.6, 2
-        args.videos, args.batch_size, args.workers = 4, 2, 1
+        size, args.width, args.height, args.seconds, args.unique = "tiny", 160, 120, 8.6, 2
+        args.videos, args.warmup_videos, args.batch_size, args.workers = 4, 2, 2, 1
     info = dist.init()
-    results = {"device": str(info.device), "size": size, "bf16": args.bf16, "videos": args.videos,
-               "batch_size": args.batch_size, "workers": args.workers, "resolution": f"{width}x{height}"}
-    if info.device.type == "cuda":
-        results["gpu"] = torch.cuda.get_device_name(info.device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = info.device
+    results: dict[str, Any] = {
+        "device": str(device), "size": size, "bf16": args.bf16, "compile": args.compile,
+        "batch_size": args.batch_size, "workers": args.workers,
+        "video": f"{args.width}x{args.height}, 25 fps, {args.seconds:g} s, {args.unique} unique files",
+    }
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as in the reference
+        torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
         root = Path(tmp)
-        video_dir, video_tsv = make_videos(root, unique, args.videos, width, height, seconds)
-        results["decode_only_videos_per_s"] = decode_only(video_dir, video_tsv, args.batch_size, args.workers)
-        if size == "full":
-            weights = recipe_checkpoints(root)
-            codec = AudioCodec("44k", vae_checkpoint=weights["vae"], with_vocoder=False)
-            clip = get_clip(checkpoint=weights["clip"])
-            synchformer = get_synchformer(checkpoint=weights["synchformer"])
-        else:
-            codec = AudioCodec("44k", size="tiny", with_vocoder=False)
-            clip, synchformer = get_clip(size="tiny"), get_synchformer(size="tiny")
-        program = ExtractVideoFeatures(
-            output_dir=root / "stores" / "video-44k", video_dir=video_dir, video_tsv=video_tsv, codec=codec,
-            clip=clip, synchformer=synchformer, batch_size=args.batch_size, num_workers=args.workers, bf16=args.bf16,
-        )
-        start = time.perf_counter()
-        program.run()
-        elapsed = time.perf_counter() - start
-        results["videos_per_s"] = args.videos / elapsed
-        results["stage_seconds"] = {k: round(v, 3) for k, v in sorted(program.times.seconds.items())}
-        results["total_seconds"] = round(elapsed, 3)
+        video_dir, video_tsv = make_videos(root, args.unique, args.videos, args.width, args.height, args.seconds)
+        results["decode_only"] = decode_only(video_dir, video_tsv, args.batch_size, args.workers)
+        write(results, args.out)
+        encoders = build_encoders(root, size, device)
+        batch = synthetic_batch(args.batch_size, device)
+        results["encoders_only"] = {}
+        for mode in args.encoder_modes:
+            probe = ExtractVideoFeatures(output_dir=root / "unused", video_dir=root, video_tsv=video_tsv,
+                                         **encoders, bf16=mode == "bf16")
+            results["encoders_only"][mode] = encoders_only(probe, batch, warmup=1, timed=2 if mode == "fp32" else 3)
+            write(results, args.out)
+        _, results["warmup_run"] = extraction_run(root, "warmup", encoders, args, args.warmup_videos)
+        write(results, args.out)
+        program, results["timed_run"] = extraction_run(root, "timed", encoders, args, args.videos)
+        results["encoders_only_after_warmup"] = encoders_only(program, batch, warmup=1, timed=3)
     dist.shutdown()
-    print(json.dumps(results, indent=2))
+    print(write(results, args.out))
 
 
 if __name__ == "__main__":
