@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from mmgin import dist, io
 from mmgin.audio.codec import AudioCodec
 from mmgin.data import tsv as tsv_io
-from mmgin.data.extraction import BlockDataset, global_blocks
+from mmgin.data.extraction import row_loader
 from mmgin.model.sequence import SYNC_FPS, SequenceConfig
 from mmgin.programs.extract_video import ExtractVideoFeatures, VideoRowDecoder, move_to, plan_video_rows
 from mmgin.programs.make_example_data import MakeExampleData
@@ -79,11 +78,9 @@ def video_decoder(video_dir: Path, video_tsv: Path) -> tuple[VideoRowDecoder, in
 
 def decode_only(video_dir: Path, video_tsv: Path, batch_size: int, workers: int) -> dict[str, Any]:
     decoder, count = video_decoder(video_dir, video_tsv)
-    loader = DataLoader(BlockDataset(global_blocks(count, batch_size), decoder), batch_size=None,
-                        num_workers=workers, prefetch_factor=2 if workers else None)
     start, decoded = time.perf_counter(), 0
-    for block in loader:
-        decoded += len(block["rows"])
+    for result in row_loader(range(count), decoder, workers, batch_size, pin_memory=False):
+        decoded += result["failure"] is None
     seconds = time.perf_counter() - start
     return {"videos": decoded, "seconds": round(seconds, 3), "videos_per_s": decoded / seconds}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -137,15 +139,14 @@ def test_bad_videos_are_skipped_and_reported(example_workspace, tmp_path):
 
 def test_compiled_encoders_write_the_same_store(example_workspace, tmp_path):
     """compile=True (aot_eager here: Inductor's C++ build is too slow for CI) traces both
-    encoders without changing a stored feature beyond float rounding."""
+    encoders without changing a stored feature beyond float rounding. In a child process:
+    compiling starts autograd's threads, after which this process could not fork workers."""
     store = tmp_path / "video-16k"
-    cli.run(
-        ["gin/extract_video_16k.gin", TINY],
-        [f"VIDEO_DIR = '{example_workspace / 'videos'}'", f"VIDEO_TSV = '{example_workspace / 'video.tsv'}'",
-         f"OUTPUT_DIR = '{store}'", "ExtractVideoFeatures.num_workers = 1", "ExtractVideoFeatures.batch_size = 2",
-         "ExtractVideoFeatures.compile = True", "ExtractVideoFeatures.compile_backend = 'aot_eager'"],
-        [str(REPO)], dry_run=False,
-    )
+    params = [f"VIDEO_DIR = '{example_workspace / 'videos'}'", f"VIDEO_TSV = '{example_workspace / 'video.tsv'}'",
+              f"OUTPUT_DIR = '{store}'", "ExtractVideoFeatures.num_workers = 1", "ExtractVideoFeatures.batch_size = 2",
+              "ExtractVideoFeatures.compile = True", "ExtractVideoFeatures.compile_backend = 'aot_eager'"]
+    command = [sys.executable, "launch.py", "--gin_file=gin/extract_video_16k.gin", f"--gin_file={TINY}"]
+    subprocess.run(command + [f"--gin_param={p}" for p in params], cwd=REPO, check=True, capture_output=True)
     eager = TensorDict.load_memmap(example_workspace / "stores" / "video-16k")
     compiled = TensorDict.load_memmap(store)
     assert sorted(compiled.keys()) == sorted(eager.keys())

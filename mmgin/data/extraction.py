@@ -3,9 +3,9 @@
 Rows are cut into fixed global blocks of ``batch_size`` consecutive rows; block k belongs to
 rank k mod W. A block is always encoded as one batch (its rows that decoded), whatever the
 number of ranks and whether the run was resumed, so 1-process, N-process and interrupted runs
-write bit-identical stores. Media is decoded in DataLoader workers (a block per item, several
-blocks in flight), so the encoders never wait on decoding; a file that cannot be decoded is
-recorded with its reason and skipped, never stopping the run.
+write bit-identical stores. Media is decoded in DataLoader workers (a row per item, two blocks
+in flight), so the encoders never wait on decoding; a file that cannot be decoded is recorded
+with its reason and skipped, never stopping the run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmgin import dist
-from mmgin.data.store import StoreError, StorePaths, batch_tensor, is_complete
+from mmgin.data.store import StoreError, StorePaths, is_complete
 from mmgin.data import tsv as tsv_io
 from mmgin.data.store_writer import FAILURE_COLUMNS, PENDING, Plan, StoreWriter, Summary
 from mmgin.media.errors import MediaError
@@ -34,41 +34,40 @@ BatchEncoder = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]
 TextEncoder = Callable[[list[str]], torch.Tensor]
 
 
-class BlockDataset(Dataset):
-    """Item k decodes block k (a list of row numbers) with ``decoder``; runs in workers.
+class RowDataset(Dataset):
+    """Item i decodes row ``rows[i]`` with ``decoder``; runs in DataLoader workers.
 
-    An item is a dict (so DataLoader pins its tensors): ``rows`` (the rows that decoded),
-    ``batch`` (their tensors, stacked), ``failures`` ((row, reason, message) each) and
-    ``decode_seconds``.
+    Rows, not blocks, are the unit of work, so all workers help with the block the encoders
+    need next (a block's first row arrives after one decode, not a block's worth) and small
+    sets use every worker. An item is a dict: ``row``, ``item`` (the decoded tensors, or None),
+    ``failure`` ((reason, message), or None) and ``decode_seconds``.
     """
 
-    def __init__(self, blocks: Sequence[Sequence[int]], decoder: RowDecoder):
-        self.blocks = [list(b) for b in blocks]
+    def __init__(self, rows: Sequence[int], decoder: RowDecoder):
+        self.rows = list(rows)
         self.decoder = decoder
 
     def __len__(self) -> int:
-        return len(self.blocks)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
         start = time.perf_counter()
-        rows, items, failures = [], [], []
-        for row in self.blocks[index]:
-            try:
-                items.append(self.decoder(row))
-                rows.append(row)
-            except MediaError as e:
-                failures.append((row, e.reason, str(e)))
-            except Exception as e:  # noqa: BLE001 - a bad file must never stop the extraction
-                failures.append((row, "decode_error", f"{type(e).__name__}: {e}"))
-        batch = {k: _stack([item[k] for item in items]) for k in items[0]} if items else {}
-        return {"rows": rows, "batch": batch, "failures": failures,
-                "decode_seconds": time.perf_counter() - start}
+        row, item, failure = self.rows[index], None, None
+        try:
+            item = dict(self.decoder(row))
+        except MediaError as e:
+            failure = (e.reason, str(e))
+        except Exception as e:  # noqa: BLE001 - a bad file must never stop the extraction
+            failure = ("decode_error", f"{type(e).__name__}: {e}")
+        return {"row": row, "item": item, "failure": failure, "decode_seconds": time.perf_counter() - start}
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack into shared memory when in a worker (no copy on the way to the main process)."""
-    first = tensors[0]
-    return torch.stack(tensors, out=batch_tensor((len(tensors),) + tuple(first.shape), first.dtype))
+def row_loader(rows: Sequence[int], decoder: RowDecoder, workers: int, block_size: int, pin_memory: bool) -> DataLoader:
+    """Decoded rows in order; enough in flight that two blocks are being decoded ahead."""
+    workers = min(workers, len(rows))
+    prefetch = max(2, -(-2 * block_size // workers)) if workers else None
+    return DataLoader(RowDataset(rows, decoder), batch_size=None, num_workers=workers,
+                      pin_memory=pin_memory, prefetch_factor=prefetch)
 
 
 @dataclass
@@ -152,34 +151,37 @@ class Extraction:
         if not blocks:
             return
         device = dist.info().device
-        workers = min(self.num_workers, len(blocks))
-        loader = DataLoader(
-            BlockDataset(blocks, self.decoder),
-            batch_size=None,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            prefetch_factor=2 if workers else None,
-        )
+        decoded = iter(row_loader([r for b in blocks for r in b], self.decoder, self.num_workers,
+                                  self.batch_size, pin_memory=device.type == "cuda"))
         total = sum(len(b) for b in blocks)
         progress = tqdm(total=total, unit="clip", disable=not dist.is_main(), desc=writer.paths.name)
         done = 0
         begin = last_log = time.perf_counter()
-        wait_start = time.perf_counter()
-        for block in loader:
-            self.times.add("wait_for_decode", time.perf_counter() - wait_start)
-            self.times.add("decode (workers)", block["decode_seconds"])
-            for row, reason, message in block["failures"]:
-                logging.warning("skipping %s: %s", self.plan.rows[row].source, message)
-                writer.fail_row(row, reason, message)
-            if block["rows"]:
-                batch = {k: v.to(device, non_blocking=True) for k, v in block["batch"].items()}
+        for block in blocks:
+            rows, items = [], []
+            for _ in block:
+                wait_start = time.perf_counter()
+                result = next(decoded)
+                self.times.add("wait_for_decode", time.perf_counter() - wait_start)
+                self.times.add("decode (workers)", result["decode_seconds"])
+                if result["failure"] is not None:
+                    reason, message = result["failure"]
+                    logging.warning("skipping %s: %s", self.plan.rows[result["row"]].source, message)
+                    writer.fail_row(result["row"], reason, message)
+                else:
+                    rows.append(result["row"])
+                    items.append({k: v.to(device, non_blocking=True) for k, v in result["item"].items()})
+            if rows:
+                # The block is one batch whatever decoded: stacked on the device, bit for bit
+                # the batch a single process would stack.
+                batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+                del items
                 with torch.inference_mode():
                     features = self.encode_batch(batch)
                 with self.times.measure("write"):
-                    writer.write_rows(block["rows"], {k: v.cpu() for k, v in features.items()})
-            count = len(block["rows"]) + len(block["failures"])
-            done += count
-            progress.update(count)
+                    writer.write_rows(rows, {k: v.cpu() for k, v in features.items()})
+            done += len(block)
+            progress.update(len(block))
             now = time.perf_counter()
             if now - last_log > 30 or done == total:
                 rate = done / max(now - begin, 1e-9)
@@ -189,7 +191,6 @@ class Extraction:
                     dist.world_size(), self.times.text(),
                 )
                 last_log = now
-            wait_start = time.perf_counter()
         progress.close()
 
 
