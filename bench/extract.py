@@ -19,7 +19,9 @@ a few unique ones, linked under many names), then prints (and with --out writes)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,10 +63,12 @@ def make_videos(root: Path, unique: int, total: int, width: int, height: int, se
 
 
 def recipe_checkpoints(root: Path) -> dict[str, Path]:
+    """The recipe weights as checkpoint files (kept in ``root``: later runs reuse them)."""
     paths = {"vae": root / "v1-44.pth", "synchformer": root / "synchformer_state_dict.pth",
              "clip": root / "open_clip_pytorch_model.bin"}
     for name, manifest in (("vae", "vae_v1_44"), ("synchformer", "synchformer"), ("clip", "clip_dfn5b_vit_h_14_384")):
-        torch.save(recipe_state_dict(manifest), paths[name])
+        if not paths[name].exists():
+            io.save_torch(recipe_state_dict(manifest), paths[name])
     return paths
 
 
@@ -103,6 +107,9 @@ def synthetic_batch(batch_size: int, device: torch.device) -> dict[str, torch.Te
 
 def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor], warmup: int, timed: int) -> dict[str, Any]:
     """Videos/s of ``program.encode_batch`` alone and seconds per video of each encoder."""
+    if program.compile:
+        program.clip.compile_for_inference()
+        program.synchformer.compile_for_inference()
     with torch.inference_mode():
         for _ in range(warmup):
             program.encode_batch(batch)
@@ -116,10 +123,12 @@ def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor],
             "seconds_per_video": {k: round(v / videos, 4) for k, v in sorted(program.times.seconds.items())}}
 
 
-def extraction_run(root: Path, name: str, encoders: dict, args: argparse.Namespace, videos: int) -> tuple[ExtractVideoFeatures, dict]:
+def extraction_run(
+    root: Path, runs: Path, name: str, encoders: dict, args: argparse.Namespace, videos: int
+) -> tuple[ExtractVideoFeatures, dict]:
     video_dir, video_tsv = make_videos(root, args.unique, videos, args.width, args.height, args.seconds)
     program = ExtractVideoFeatures(
-        output_dir=root / "stores" / name, video_dir=video_dir, video_tsv=video_tsv, **encoders,
+        output_dir=runs / name, video_dir=video_dir, video_tsv=video_tsv, **encoders,
         batch_size=args.batch_size, num_workers=args.workers, bf16=args.bf16, compile=args.compile,
     )
     start = time.perf_counter()
@@ -130,15 +139,17 @@ def extraction_run(root: Path, name: str, encoders: dict, args: argparse.Namespa
                      "stage_seconds": stages}
 
 
-def build_encoders(root: Path, size: str, device: torch.device) -> dict:
-    if size == "full":
+def build_encoders(root: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    chunks = {"clip": {"frame_batch": args.frame_batch}, "synchformer": {"segment_batch": args.segment_batch}}
+    if args.size == "full":
         weights = recipe_checkpoints(root)
         encoders = {"codec": AudioCodec(MODE, vae_checkpoint=weights["vae"], with_vocoder=False),
-                    "clip": get_clip(checkpoint=weights["clip"]),
-                    "synchformer": get_synchformer(checkpoint=weights["synchformer"])}
+                    "clip": get_clip(checkpoint=weights["clip"], **chunks["clip"]),
+                    "synchformer": get_synchformer(checkpoint=weights["synchformer"], **chunks["synchformer"])}
     else:
         encoders = {"codec": AudioCodec(MODE, size="tiny", with_vocoder=False),
-                    "clip": get_clip(size="tiny"), "synchformer": get_synchformer(size="tiny")}
+                    "clip": get_clip(size="tiny", **chunks["clip"]),
+                    "synchformer": get_synchformer(size="tiny", **chunks["synchformer"])}
     return {k: move_to(v, device) for k, v in encoders.items()}
 
 
@@ -159,42 +170,51 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--encoder_modes", nargs="*", default=["fp32", "bf16"],
-                        help="eager encoder-only measurements before the runs")
-    parser.add_argument("--root", type=Path, default=None, help="scratch folder (default: a temp dir)")
+                        choices=["fp32", "bf16", "bf16-compile"],
+                        help="encoder-only measurements before the runs (compiling is for good)")
+    parser.add_argument("--encoders_only", action="store_true", help="skip the extraction runs")
+    parser.add_argument("--frame_batch", type=int, default=64, help="CLIP frames per forward")
+    parser.add_argument("--segment_batch", type=int, default=24, help="Synchformer segments per forward")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder for weights and videos, kept for later runs (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every stage)")
     args = parser.parse_args()
-    size, args.width, args.height, args.seconds, args.unique = "full", 640, 360, 10.0, 8
+    args.size, args.width, args.height, args.seconds, args.unique = "full", 640, 360, 10.0, 8
     if args.smoke:
-        size, args.width, args.height, args.seconds, args.unique = "tiny", 160, 120, 8.6, 2
+        args.size, args.width, args.height, args.seconds, args.unique = "tiny", 160, 120, 8.6, 2
         args.videos, args.warmup_videos, args.batch_size, args.workers = 4, 2, 2, 1
     info = dist.init()
     device = info.device
     results: dict[str, Any] = {
-        "device": str(device), "size": size, "bf16": args.bf16, "compile": args.compile,
-        "batch_size": args.batch_size, "workers": args.workers,
+        "device": str(device), "size": args.size, "bf16": args.bf16, "compile": args.compile,
+        "batch_size": args.batch_size, "workers": args.workers, "frame_batch": args.frame_batch,
+        "segment_batch": args.segment_batch, "command": " ".join(sys.argv),
         "video": f"{args.width}x{args.height}, 25 fps, {args.seconds:g} s, {args.unique} unique files",
     }
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as in the reference
         torch.backends.cudnn.allow_tf32 = False
-    with tempfile.TemporaryDirectory(dir=args.root) as tmp:
-        root = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        root = args.root or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        root.mkdir(parents=True, exist_ok=True)
+        runs = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=root)))  # stores, deleted after
         video_dir, video_tsv = make_videos(root, args.unique, args.videos, args.width, args.height, args.seconds)
         results["decode_only"] = decode_only(video_dir, video_tsv, args.batch_size, args.workers)
         write(results, args.out)
-        encoders = build_encoders(root, size, device)
+        encoders = build_encoders(root, args, device)
         batch = synthetic_batch(args.batch_size, device)
         results["encoders_only"] = {}
         for mode in args.encoder_modes:
-            probe = ExtractVideoFeatures(output_dir=root / "unused", video_dir=root, video_tsv=video_tsv,
-                                         **encoders, bf16=mode == "bf16")
+            probe = ExtractVideoFeatures(output_dir=runs / "unused", video_dir=root, video_tsv=video_tsv,
+                                         **encoders, bf16=mode != "fp32", compile=mode == "bf16-compile")
             results["encoders_only"][mode] = encoders_only(probe, batch, warmup=1, timed=2 if mode == "fp32" else 3)
             write(results, args.out)
-        _, results["warmup_run"] = extraction_run(root, "warmup", encoders, args, args.warmup_videos)
-        write(results, args.out)
-        program, results["timed_run"] = extraction_run(root, "timed", encoders, args, args.videos)
-        results["encoders_only_after_warmup"] = encoders_only(program, batch, warmup=1, timed=3)
+        if not args.encoders_only:
+            _, results["warmup_run"] = extraction_run(root, runs, "warmup", encoders, args, args.warmup_videos)
+            write(results, args.out)
+            program, results["timed_run"] = extraction_run(root, runs, "timed", encoders, args, args.videos)
+            results["encoders_only_after_warmup"] = encoders_only(program, batch, warmup=1, timed=3)
     dist.shutdown()
     print(write(results, args.out))
 

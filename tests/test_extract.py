@@ -18,6 +18,7 @@ from mmgin.media.video import clip_frames_to_float, load_video_frames, sync_fram
 from mmgin.programs.extract_video import VideoRowDecoder
 from mmgin.programs.make_example_data import write_audio, write_mp4
 from mmgin.programs.partition_clips import clip_spans
+from mmgin.train.batches import to_device
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "gin/test/tiny_encoders.gin"
@@ -47,9 +48,12 @@ def test_example_stores_have_reference_keys_shapes_and_tables(example_workspace)
     ]
 
     dataset = ExtractedVideoDataset(store=stores / "video-16k", latent_seq_len=250)
-    batch = dataset.__getitems__([0, 1, 2, 3])
+    stored = dataset.__getitems__([0, 1, 2, 3])  # features in the storage dtype: bf16 here
+    assert stored["clip_features"].dtype == stored["text_features"].dtype == torch.bfloat16
+    batch = to_device(stored, torch.device("cpu"))
     for key in ("a_mean", "a_std", "clip_features", "sync_features", "text_features"):
         assert batch[key].dtype == torch.float32 and bool(torch.isfinite(batch[key]).all())
+        assert torch.equal(batch[key], stored[key].float())
     # CLIP image features are unit vectors; different videos give different features
     norms = batch["clip_features"].norm(dim=-1)
     torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-2, rtol=0)

@@ -10,6 +10,7 @@ import torch
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
 from mmgin.data.loader import DistributedBatchLoader
 from mmgin.data.mixture import DatasetMixture
+from mmgin.data.store import StoreFormat
 from mmgin.testing.example import write_synthetic_store
 
 LATENT = (8, 4)
@@ -133,3 +134,23 @@ def test_getitems_returns_the_order_asked_for(stores):
                            mixture.audio_sets[0].store.ids[0], videos.store.ids[0]]
     assert batch["video_exist"].tolist() == [False, True, False, True]
     assert torch.equal(batch["a_std"][1], video["std"][3]) and torch.equal(batch["a_std"][2], audio["std"][0])
+
+
+def test_batches_keep_the_storage_dtype_and_a_mixed_mixture_promotes(stores, tmp_path):
+    """bf16 features leave the workers as bf16 (half the bytes to pin and copy); a mixture of a
+    float32 (reference layout) store and a bf16 store yields float32, losing nothing."""
+    root, video, audio = stores
+    bf16_videos = ExtractedVideoDataset(store=root / "vgg")
+    captions = ExtractedAudioDataset(store=root / "caps")
+    batch = DatasetMixture(video_sets=[bf16_videos], audio_sets=[captions]).__getitems__([12, 3])
+    assert batch["clip_features"].dtype == batch["text_features"].dtype == torch.bfloat16
+    assert batch["a_mean"].dtype == torch.float32
+    assert torch.equal(batch["clip_features"][1], video["clip_features"][3].bfloat16())
+
+    reference = write_synthetic_store(tmp_path / "ref", "video", 4, latent_shape=LATENT, seed=3,
+                                      store_format=StoreFormat.reference())
+    mixed = DatasetMixture(video_sets=[ExtractedVideoDataset(store=tmp_path / "ref"), bf16_videos])
+    batch = mixed.__getitems__([0, 5])  # reference row 0, bf16 row 1
+    assert batch["clip_features"].dtype == batch["text_features"].dtype == torch.float32
+    assert torch.equal(batch["clip_features"][0], reference["clip_features"][0])
+    assert torch.equal(batch["clip_features"][1], video["clip_features"][1].bfloat16().float())

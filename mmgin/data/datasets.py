@@ -2,8 +2,11 @@
 
 Item contract (what the trainer consumes): ``id`` (str), ``caption`` (str), ``a_mean`` and
 ``a_std`` [L, C], ``clip_features`` [64, 1024], ``sync_features`` [192, 768], ``text_features``
-[77, 1024] (all float32 whatever the storage dtype), ``video_exist`` and ``text_exist`` (bool
-tensors). Audio-only items carry zero clip/sync features and ``video_exist`` False.
+[77, 1024], ``video_exist`` and ``text_exist`` (bool tensors). Features come in their storage
+dtype (bf16 features stay half the bytes through workers, pinned memory and the copy to the
+GPU); ``mmgin.train.batches.to_device`` makes every feature float32 on the device, where the
+cast is free and exact. Audio-only items carry zero clip/sync features (in the store's feature
+dtype) and ``video_exist`` False.
 
 ``__getitems__`` returns a whole collated batch in the order asked for (the layout
 ``default_collate`` gives a list of items: stacked tensors, lists of strings), reading each
@@ -13,6 +16,7 @@ asks for each batch's indices sorted, so no reordering copy is needed there.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -90,7 +94,7 @@ class ExtractedDataset(Dataset):
         """A collated batch of rows ``indices``, in that order (one gather per feature)."""
         order = torch.as_tensor(list(indices), dtype=torch.int64)
         ascending, position = order.sort(stable=True)
-        features = self.store.read(ascending)
+        features = self.store.read(ascending, as_float=False)
         if not torch.equal(ascending, order):
             back = position.argsort()
             features = {k: _reorder(v, back) for k, v in features.items()}
@@ -108,8 +112,9 @@ class ExtractedDataset(Dataset):
             batch["sync_features"] = features["sync_features"]
             batch["video_exist"] = torch.ones(size, dtype=torch.bool)
         else:
-            batch["clip_features"] = batch_tensor((size,) + self.clip_shape).zero_()
-            batch["sync_features"] = batch_tensor((size,) + self.sync_shape).zero_()
+            zeros_dtype = features[TEXT_KEY].dtype  # what a video store of this layout holds
+            batch["clip_features"] = batch_tensor((size,) + self.clip_shape, zeros_dtype).zero_()
+            batch["sync_features"] = batch_tensor((size,) + self.sync_shape, zeros_dtype).zero_()
             batch["video_exist"] = torch.zeros(size, dtype=torch.bool)
         return batch
 
@@ -148,7 +153,8 @@ def collate_batches(batches: Sequence[dict], order: torch.Tensor | None = None) 
             if isinstance(value, torch.Tensor):
                 parts = [b[key] for b in batches]
                 shape = (sum(len(t) for t in parts),) + tuple(value.shape[1:])
-                out[key] = torch.cat(parts, out=batch_tensor(shape, value.dtype))
+                dtype = functools.reduce(torch.promote_types, (t.dtype for t in parts))  # f32 + bf16 stores: f32
+                out[key] = torch.cat(parts, out=batch_tensor(shape, dtype))
             else:
                 out[key] = [x for b in batches for x in b[key]]
     if order is None:

@@ -217,8 +217,10 @@ class FeatureStore:
         """The memory-mapped tensor of one key, in its storage dtype (not loaded into RAM)."""
         return self._tensors()[key]
 
-    def read(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rows ``indices`` (int64, ideally sorted) of every feature, as float32.
+    def read(self, indices: torch.Tensor, as_float: bool = True) -> dict[str, torch.Tensor]:
+        """Rows ``indices`` (int64, ideally sorted) of every feature: float32, or with
+        ``as_float=False`` in the storage dtype (what the training loader moves: bf16 features
+        stay half the bytes until the GPU converts them).
 
         Keys: ``mean``, ``std``, ``text_features`` and, for video stores, ``clip_features`` and
         ``sync_features``.
@@ -227,14 +229,15 @@ class FeatureStore:
         indices = indices.to(torch.int64)
         out = {}
         for key in LATENT_KEYS + (VIDEO_FEATURE_KEYS if self.kind == "video" else ()):
-            out[key] = _gather_float(td[key], indices)
+            out[key] = _gather(td[key], indices, as_float)
         if self.dedup_text:
             table_rows = td[TEXT_INDEX_KEY].index_select(0, indices).to(torch.int64)
             unique, inverse = torch.unique(table_rows, return_inverse=True)
-            rows = _gather_float(td[TEXT_TABLE_KEY], unique)
-            out[TEXT_KEY] = torch.index_select(rows, 0, inverse, out=batch_tensor((len(indices),) + rows.shape[1:]))
+            rows = _gather(td[TEXT_TABLE_KEY], unique, as_float)
+            shape = (len(indices),) + rows.shape[1:]
+            out[TEXT_KEY] = torch.index_select(rows, 0, inverse, out=batch_tensor(shape, rows.dtype))
         else:
-            out[TEXT_KEY] = _gather_float(td[TEXT_KEY], indices)
+            out[TEXT_KEY] = _gather(td[TEXT_KEY], indices, as_float)
         return out
 
     def bytes_read(self, indices: torch.Tensor) -> int:
@@ -272,12 +275,16 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> 
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
-def _gather_float(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Gathers rows into a fresh float32 tensor with one copy (a cast fused with the gather)."""
-    out = batch_tensor((len(indices),) + tuple(tensor.shape[1:]))
+def _gather(tensor: torch.Tensor, indices: torch.Tensor, as_float: bool) -> torch.Tensor:
+    """Gathers rows into a fresh (shared-memory, in a worker) tensor with one copy: float32
+    (the cast fused with the copy) or the storage dtype."""
+    dtype = torch.float32 if as_float else tensor.dtype
+    out = batch_tensor((len(indices),) + tuple(tensor.shape[1:]), dtype)
     if len(indices) and _is_contiguous_run(indices):
         start = int(indices[0])
         out.copy_(tensor[start:start + len(indices)])
+    elif dtype == tensor.dtype:
+        torch.index_select(tensor, 0, indices, out=out)
     else:
         out.copy_(tensor.index_select(0, indices))
     return out

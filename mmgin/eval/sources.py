@@ -80,8 +80,8 @@ class StoreSource:
 
     def prepare(self, indices: list[int]) -> Prepared:
         batch = self.dataset.__getitems__(indices)
-        conditions = Conditions(batch["clip_features"], batch["sync_features"], batch["text_features"],
-                                batch["video_exist"], batch["text_exist"])
+        conditions = Conditions(batch["clip_features"].float(), batch["sync_features"].float(),
+                                batch["text_features"].float(), batch["video_exist"], batch["text_exist"])
         return Prepared(list(batch["id"]), conditions)
 
     def source_video(self, item_id: str) -> Path | None:

@@ -99,5 +99,11 @@ class MicroBatchSource:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Tensors to the device (non-blocking from pinned memory); strings stay."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Tensors to the device (non-blocking from pinned memory), floating ones as float32 (the
+    loader delivers features in their storage dtype); strings stay."""
+
+    def move(value: torch.Tensor) -> torch.Tensor:
+        value = value.to(device, non_blocking=True)
+        return value.float() if value.is_floating_point() else value
+
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
