@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mmgin.data.datasets import ExtractedVideoDataset
-from mmgin.data.loader import DistributedBatchLoader, rank_batches
+from mmgin.data.loader import WORKER_KINDS, DistributedBatchLoader, rank_batches
 from mmgin.data.store import StoreFormat
 from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
 
@@ -62,10 +62,11 @@ def warm_page_cache(path: Path) -> int:
     return total
 
 
-def measure(path: Path, batch_size: int, workers: int, warmup: int) -> dict:
+def measure(path: Path, batch_size: int, workers: int, worker_kind: str, warmup: int) -> dict:
     dataset = ExtractedVideoDataset(store=path)
     loader = DistributedBatchLoader(dataset, batch_size=batch_size, seed=0, rank=0, world_size=1,
-                                    num_workers=workers, pin_memory=torch.cuda.is_available())
+                                    num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                    workers=worker_kind)
     batches = rank_batches(len(dataset), batch_size, 0, 0, 0, 1, True)
     epoch = [i for b in batches for i in b]
     # Distinct storage bytes an epoch touches (what must come from disk or the page cache):
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--labels", type=int, default=310, help="distinct captions (VGGSound: ~310)")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--worker_kind", nargs="+", choices=WORKER_KINDS, default=list(WORKER_KINDS))
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--mode", choices=("16k", "44k"), default="44k")
     parser.add_argument("--root", type=Path, default=None, help="where the stores go (default: a temp dir)")
@@ -102,7 +104,7 @@ def main() -> None:
     latent = (250, 20) if args.mode == "16k" else (345, 40)
     warmup = 2 if args.smoke else 10
     results = {"rows": args.rows, "workers": args.workers, "batch_size": args.batch_size, "mode": args.mode,
-               "layouts": {}}
+               "pin_memory": torch.cuda.is_available(), "layouts": {}}
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
         for name, store_format in LAYOUTS.items():
             if name.split(" ")[0] not in args.layouts:
@@ -110,13 +112,16 @@ def main() -> None:
             path = Path(tmp) / name.split(" ")[0]
             write_store(path, args.rows, args.labels, latent, store_format)
             warm_page_cache(path)
-            results["layouts"][name] = measure(path, args.batch_size, args.workers, warmup)
+            results["layouts"][name] = {
+                kind: measure(path, args.batch_size, args.workers, kind, warmup) for kind in args.worker_kind
+            }
             for file in path.iterdir():  # free the disk space before the next layout
                 file.unlink()
     if "reference_fp32" in results["layouts"]:
-        reference = results["layouts"]["reference_fp32"]["bytes_read_per_sample"]
-        for entry in results["layouts"].values():
-            entry["bytes_vs_reference"] = entry["bytes_read_per_sample"] / reference
+        reference = next(iter(results["layouts"]["reference_fp32"].values()))["bytes_read_per_sample"]
+        for by_kind in results["layouts"].values():
+            for entry in by_kind.values():
+                entry["bytes_vs_reference"] = entry["bytes_read_per_sample"] / reference
     print(json.dumps(results, indent=2))
 
 

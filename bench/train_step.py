@@ -250,6 +250,10 @@ def run_batch(
     for _ in range(args.warmup - 1):
         trainer.train_step([data])
     trainer.collect_window()  # host sync; resets the loss window
+    warmup_peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    if device.type == "cuda":
+        # Steady state: DDP's gradients become bucket views only after the first step.
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         trainer.train_step([data])
@@ -265,6 +269,7 @@ def run_batch(
         "step_time_s": step_time,
         "first_step_s": first_step_s,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
+        "warmup_peak_memory_gib": warmup_peak,
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None,
         "mfu": flops * batch / step_time / args.peak_flops,
         "train_tflops_per_sample": flops / 1e12,

@@ -33,9 +33,16 @@ def test_order_is_deterministic_and_changes_with_epoch(stores):
     dataset = ExtractedVideoDataset(store=root / "vgg")
     first = DistributedBatchLoader(dataset, batch_size=3, seed=5, rank=0, world_size=1, num_workers=0)
     second = DistributedBatchLoader(dataset, batch_size=3, seed=5, rank=0, world_size=1, num_workers=2)
+    processes = DistributedBatchLoader(dataset, batch_size=3, seed=5, rank=0, world_size=1, num_workers=2,
+                                       workers="processes")
     epoch0 = _ids(first)
     assert len(epoch0) == len(first) == 3  # 10 // 3, last partial batch dropped
     assert epoch0 == _ids(second)
+    by_threads, by_processes = list(DistributedBatchLoader(dataset, batch_size=3, seed=5, rank=0, world_size=1,
+                                                           num_workers=3)), list(processes)
+    assert _ids(by_processes) == epoch0
+    for threaded, forked in zip(by_threads, by_processes):  # same bytes either way
+        assert all(torch.equal(threaded[k], forked[k]) for k in threaded if isinstance(threaded[k], torch.Tensor))
     assert first.epoch == 1
     epoch1 = _ids(first)
     assert epoch1 != epoch0

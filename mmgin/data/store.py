@@ -19,8 +19,10 @@ half. The reader accepts every layout and always returns float32.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,11 +265,26 @@ def _row_nbytes(tensor: torch.Tensor) -> int:
     return tensor[0:1].numel() * tensor.element_size() if tensor.shape[0] else 0
 
 
+_allocation = threading.local()
+
+
+@contextlib.contextmanager
+def pinned_batches():
+    """Within it, this thread's ``batch_tensor`` allocates page-locked memory: loader threads
+    gather rows straight into buffers the GPU copy can read, with no pinning copy after."""
+    _allocation.pinned = True
+    try:
+        yield
+    finally:
+        _allocation.pinned = False
+
+
 def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """An uninitialised tensor for a batch; in a DataLoader worker it lives in shared memory,
-    so sending it to the main process needs no extra copy (as default_collate does)."""
+    so sending it to the main process needs no extra copy (as default_collate does); inside
+    ``pinned_batches`` it is page-locked."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, pin_memory=getattr(_allocation, "pinned", False))
     numel = 1
     for size in shape:
         numel *= int(size)
