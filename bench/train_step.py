@@ -72,7 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="bf16 autocast (default on CUDA) or fp32 (default on CPU, where bf16 is emulated)",
     )
-    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--activation-checkpointing", nargs="?", const="full", default=False,
+                        choices=["full", "selective"], help="recompute blocks in the backward (default: full)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--peak_flops", type=float, default=H100_BF16_DENSE_FLOPS)
     parser.add_argument("--memory_cap_gib", type=float, default=None)
@@ -108,7 +109,7 @@ def recipe_like_init_(network: nn.Module, generator: torch.Generator) -> None:
             param.add_(1.0)
 
 
-def build_network(variant: str, device: torch.device, checkpointing: bool) -> MMAudio:
+def build_network(variant: str, device: torch.device, checkpointing: bool | str) -> MMAudio:
     with torch.device("meta"):
         network = MMAudio(**network_kwargs(variant), activation_checkpointing=checkpointing)
     network.to_empty(device=device)
@@ -290,7 +291,8 @@ def run_batch(
     }
     if args.profile is not None:
         report = profile_steps(trainer, data, 3, device)
-        config = f"{variant}_b{batch}{'_ac' if args.activation_checkpointing else ''}"
+        checkpointing = f"_ac_{args.activation_checkpointing}" if args.activation_checkpointing else ""
+        config = f"{variant}_b{batch}{checkpointing}"
         write_profile(args.profile / f"profile_{config}.txt", config, report)
         result["profile"] = {k: report[k] for k in
                              ("wall_ms_per_step", "kernel_ms_per_step", "kernel_launches_per_step",

@@ -75,10 +75,11 @@ def test_compiled_training_step_equals_eager(bench: ModuleType) -> None:
     }
 
 
-def test_activation_checkpointing_gives_the_same_gradients(bench: ModuleType) -> None:
+@pytest.mark.parametrize("mode", [True, "selective"])
+def test_activation_checkpointing_gives_the_same_gradients(bench: ModuleType, mode: bool | str) -> None:
     plain = get_network("tiny_16k").train()
     bench.recipe_like_init_(plain, torch.Generator().manual_seed(0))
-    checkpointed = get_network("tiny_16k", activation_checkpointing=True).train()
+    checkpointed = get_network("tiny_16k", activation_checkpointing=mode).train()
     checkpointed.load_state_dict(plain.state_dict())
     data = bench.synthetic_batch(plain, 1, torch.device("cpu"))
     results = []
@@ -98,7 +99,7 @@ def test_benchmark_script_runs_on_cpu(bench: ModuleType, tmp_path: Path) -> None
     assert json.loads(out.read_text()) == results
     (result,) = results
     assert result["variant"] == "tiny_16k" and result["batch"] == 1 and result["autocast"] == "fp32"
-    assert result["activation_checkpointing"] is True and result["compile"] is False
+    assert result["activation_checkpointing"] == "full" and result["compile"] is False
     assert result["samples_per_s"] > 0 and 0 < result["mfu"] < 1
     network = get_network("tiny_16k")
     expected_tflops = training_flops_per_sample(network) / 1e12

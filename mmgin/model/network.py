@@ -13,7 +13,7 @@ import gin
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from mmgin.model.blocks import FinalBlock, JointBlock, MMDitSingleBlock
 from mmgin.model.layers import MLP, ChannelLastConv1d, ConvMLP, TimestepEmbedder
@@ -49,13 +49,38 @@ def sync_upsample_index(sync_seq_len: int, latent_seq_len: int) -> torch.Tensor:
     return index.view(-1).to(torch.long)
 
 
+CHECKPOINTING_MODES = (False, True, "full", "selective")
+
+_aten = torch.ops.aten
+# Outputs worth keeping: recomputing them costs FLOPs, not just memory traffic.
+_PRODUCT_OPS = frozenset(
+    op for op in (
+        _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
+        _aten._scaled_dot_product_cudnn_attention.default,
+        _aten._scaled_dot_product_flash_attention.default,
+        _aten._scaled_dot_product_efficient_attention.default,
+        _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    )
+)
+
+
+def _keep_products(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _PRODUCT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_products_context() -> tuple[Any, Any]:
+    return create_selective_checkpoint_contexts(_keep_products)
+
+
 @gin.configurable
 class MMAudio(nn.Module):
     """Joint (latent, CLIP, text) blocks, then fused latent-only blocks, then a final layer.
 
     ``v2`` selects the large_44k_v2 input projections (SiLU) and timestep embedding (F = D,
     max_period = 1). ``activation_checkpointing`` recomputes each block in the backward pass,
-    trading about a third more compute for memory on small GPUs.
+    trading about a third more compute for memory on small GPUs: True (or 'full') recomputes
+    all of it; 'selective' keeps the matrix-product and attention outputs and recomputes only
+    the elementwise work between them (norms, modulation, RoPE, activations, conv windows).
     """
 
     def __init__(
@@ -78,9 +103,12 @@ class MMAudio(nn.Module):
         latent_mean: torch.Tensor | None = None,
         latent_std: torch.Tensor | None = None,
         empty_string_feat: torch.Tensor | None = None,
-        activation_checkpointing: bool = False,
+        activation_checkpointing: bool | str = False,
     ):
         super().__init__()
+        if activation_checkpointing not in CHECKPOINTING_MODES:
+            raise ValueError(f"MMAudio.activation_checkpointing={activation_checkpointing!r}; use one of "
+                             f"{CHECKPOINTING_MODES}")
         if hidden_dim % num_heads or hidden_dim // num_heads % 2:
             raise ValueError(
                 f"hidden_dim {hidden_dim} must split into {num_heads} even-sized heads"
@@ -285,6 +313,8 @@ class MMAudio(nn.Module):
 
     def _run(self, block: nn.Module, *args: Any) -> Any:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            if self.activation_checkpointing == "selective":
+                return checkpoint(block, *args, use_reentrant=False, context_fn=_keep_products_context)
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
