@@ -114,9 +114,8 @@ class _ThreadedReader:
 
     def __call__(self, index_lists: Iterable[list[int]]) -> Iterator[dict]:
         pending: deque[Future] = deque()
-        lists = iter(index_lists)
         try:
-            for indices in lists:
+            for indices in index_lists:
                 pending.append(self.pool.submit(self._read, indices))
                 if len(pending) >= self.ahead:
                     yield pending.popleft().result()
@@ -125,9 +124,6 @@ class _ThreadedReader:
         finally:  # an abandoned epoch: drop what was read ahead
             for future in pending:
                 future.cancel()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @gin.configurable
@@ -221,7 +217,7 @@ class DistributedBatchLoader:
             if self._loader is None:
                 ahead = self.num_workers * self.prefetch_factor
                 self._loader = _ThreadedReader(self.dataset, self.num_workers, ahead, self.pin_memory)
-            return self._loader(iter(self.sampler))
+            return self._loader(self.sampler)
         return iter(self._data_loader())
 
     def _data_loader(self) -> DataLoader:

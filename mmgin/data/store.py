@@ -14,7 +14,8 @@ audio stores hold ``mean``, ``std`` and ``text_features`` with columns id, capti
 Beyond the reference, mmgin can store clip/sync/text features in bfloat16 and keep the text
 features as a table of distinct captions (``text_table`` [U, 77, 1024] + ``text_index`` [N]):
 VGGSound has ~310 labels for ~180k clips, so this cuts the bytes read per sample by more than
-half. The reader accepts every layout and always returns float32.
+half. The reader accepts every layout and returns float32, or the storage dtype for the training
+loader (features then become float32 on the GPU).
 """
 
 from __future__ import annotations

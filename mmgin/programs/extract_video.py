@@ -101,8 +101,9 @@ class ExtractVideoFeatures(Program):
     not for val/test). ``bf16`` runs the encoders under bfloat16 autocast (fp32 by default,
     as the reference: bf16 features differ from fp32 by ~1e-2 relative, see bench/README.md).
     ``compile`` compiles the CLIP image tower and Synchformer with ``compile_backend``
-    (static shapes; a minute or two of compilation on the first batch, then faster batches). ``feature_dtype``/``dedup_text``
-    choose the store layout; 'float32' and False give the reference layout.
+    (static shapes; a minute or two of compilation on the first batch, then faster batches).
+    ``feature_dtype``/``dedup_text`` choose the store layout; 'float32' and False give the
+    reference layout.
     """
 
     def __init__(

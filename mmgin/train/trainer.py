@@ -33,9 +33,9 @@ class NonFiniteError(RuntimeError):
 
 
 def wrap_ddp(loss_fn: nn.Module, device: torch.device) -> DistributedDataParallel:
-    """DDP around the (compiled) loss. Gradients are views into the all-reduce buckets, so the
-    step keeps one fp32 copy of them instead of two (a parameter's worth of memory) and skips
-    the bucket-to-grad copies after every all-reduce."""
+    """DDP around the (compiled) loss. Gradients are views into the all-reduce buckets: no
+    second fp32 gradient copy and no bucket-to-grad copies after each all-reduce (the peak
+    memory, set by activations early in the backward, does not move; bench/NOTES.md)."""
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(loss_fn, device_ids=device_ids, broadcast_buffers=False,
                                    gradient_as_bucket_view=True)
