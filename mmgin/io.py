@@ -149,6 +149,11 @@ def safe_file_name(name: str) -> str:
     return f"{head}%~{digest}"
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load restricted to tensors and plain containers (never arbitrary pickles)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """torch.load restricted to tensors and plain containers (never arbitrary pickles).
+
+    ``mmap`` maps the tensors from the file instead of reading them into memory (zip-format
+    files only, i.e. files torch.save wrote): every rank of a resumed run then shares the
+    page cache instead of holding its own copy of a multi-GB checkpoint.
+    """
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

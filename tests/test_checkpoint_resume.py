@@ -128,3 +128,21 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="non-finite values in w"):
         ckpt.save(tmp_path, 3, state)
     assert ckpt.list_checkpoints(tmp_path) == []
+
+
+def test_resumed_checkpoint_is_mapped_from_its_file_not_copied(tmp_path):
+    """Every rank of a resumed run maps the checkpoint (one page-cache copy on the node)
+    instead of reading its own multi-GB copy into memory."""
+    network = {"w": torch.arange(12, dtype=torch.float32).view(3, 4)}
+    path = ckpt.save(tmp_path, 7, {"iteration": 7, "network": network})
+    found, state = ckpt.load_latest(tmp_path)
+    assert found == path and state["iteration"] == 7
+    assert torch.equal(state["network"]["w"], network["w"])
+    address = state["network"]["w"].data_ptr()
+    mapped = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            mapped.append(start <= address < end)
+    assert any(mapped), "the checkpoint's tensors do not live in a mapping of its file"

@@ -64,7 +64,7 @@ def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    state = io.load_torch(path)
+    state = io.load_torch(path, mmap=True)  # mmgin wrote it: zip format, safe to map
     if not isinstance(state, dict) or "iteration" not in state or "network" not in state:
         raise CheckpointError(f"{path} is not an mmgin training checkpoint (no 'iteration'/'network')")
     return state
