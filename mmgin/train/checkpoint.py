@@ -60,6 +60,10 @@ def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep:
     io.save_torch(dict(state), path)
     for old in list_checkpoints(output_dir)[max(keep, 1):]:
         old.unlink(missing_ok=True)
+    # Half-written temp files of a process killed mid-write (checkpoint-sized each): only
+    # rank 0 writes here, one file at a time, so any left now is stale.
+    for stale in path.parent.glob(".ckpt_*.pth.*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 

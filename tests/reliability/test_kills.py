@@ -122,6 +122,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(example_workspace
     tally.add("training: SIGKILL during a checkpoint write (+ a truncated newer file)", not lost, len(lost),
               "temp file half written")
     assert not lost, lost
+    assert not temp_files(), "the resumed run's next checkpoint save leaves no stale temp file"
 
 
 # ------------------------------------------------------------------------------- extraction
