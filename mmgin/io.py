@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
 import tempfile
@@ -31,6 +32,15 @@ def disk_full_error(
         error.errno, f"no space to write {path} ({error.strerror}); {consequence}. Free space on "
         "that disk (or point the output elsewhere) and re-run"
     )
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Removes the temporary files ``atomic_path(path)`` leaves when its process is killed
+    mid-write (SIGKILL skips the cleanup). Call it only where no other writer of ``path`` can
+    be running."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

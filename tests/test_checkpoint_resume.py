@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mmgin import cli, io
+from mmgin.testing import example
 from mmgin.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,24 +24,12 @@ STEPS = 6
 
 
 def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
-    stores = workspace / "stores"
-    params = {
-        "VIDEO_STORES": [str(stores / "video-16k")],
-        "AUDIO_STORES": [str(stores / "audio-16k")],
-        "VAL_STORE": str(stores / "video-16k"),
-        "OUTPUT_DIR": str(out),
-        "training_mixture.video_oversample": 1,
-        "Train.batch_size": 2,
-        "Train.num_iterations": STEPS,
-        "Train.checkpoint_every": 1,
-        "Train.val_every": 3,
-        "Train.sample_every": 1000,
-        "Train.ema_snapshot_every": 2,
-        "Train.deterministic": True,
-        "Train.num_threads": 1,
-    }
-    params.update(overrides)
-    return [f"{k} = {v!r}" for k, v in params.items()]
+    """A 6-step run with a checkpoint every step, validation every 3, EMA snapshots every 2."""
+    return example.train_params(workspace, out, **{
+        "Train.batch_size": 2, "Train.num_iterations": STEPS, "Train.checkpoint_every": 1,
+        "Train.val_every": 3, "Train.sample_every": 1000, "Train.ema_snapshot_every": 2,
+        "Train.deterministic": True, **overrides,
+    })
 
 
 FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]

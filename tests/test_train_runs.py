@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mmgin import cli, dist, io
 from mmgin.model import get_network
-from mmgin.testing.example import write_synthetic_store
+from mmgin.testing.example import train_params, write_synthetic_store
 from mmgin.testing.recipe import recipe_state_dict
 from mmgin.train import checkpoint as ckpt
 from mmgin.train.trainer import NonFiniteError
@@ -24,20 +24,6 @@ from mmgin.train.trainer import NonFiniteError
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-
-
-def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
-    stores = workspace / "stores"
-    params = {
-        "VIDEO_STORES": [str(stores / "video-16k")],
-        "AUDIO_STORES": [str(stores / "audio-16k")],
-        "VAL_STORE": str(stores / "video-16k"),
-        "OUTPUT_DIR": str(out),
-        "training_mixture.video_oversample": 1,
-        "Train.num_threads": 1,
-    }
-    params.update(overrides)
-    return [f"{k} = {v!r}" for k, v in params.items()]
 
 
 def newest_checkpoint(out: Path) -> dict:

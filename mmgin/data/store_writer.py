@@ -362,6 +362,12 @@ class StoreWriter:
                 path.unlink()
         for name in ("progress.rows", "progress.text"):
             (self.work / name).unlink(missing_ok=True)
+        # Temp files of writes a killed run did not finish (finalisation is rank 0's alone).
+        for path in self.work.iterdir():
+            if path.is_file() and path.name.endswith(".tmp"):
+                path.unlink()
+        for table in (self.paths.tsv, self.paths.failures):
+            io.remove_stale_temps(table)
         shutil.rmtree(self.work / "failures", ignore_errors=True)
         (self.work / "plan.json").unlink()  # last: from here on only the rename is left
 

@@ -64,6 +64,23 @@ def build_example_workspace(root: str | Path, num_workers: int = 1) -> Path:
     return root
 
 
+def train_params(workspace: str | Path, out: str | Path, **overrides: object) -> list[str]:
+    """``--gin_param`` bindings for a tiny training run on the workspace's example stores
+    (with gin/small_16k.gin + gin/test/tiny_train.gin), single-threaded so runs compare bit
+    for bit; ``overrides`` add or replace bindings."""
+    stores = Path(workspace) / "stores"
+    params = {
+        "VIDEO_STORES": [str(stores / "video-16k")],
+        "AUDIO_STORES": [str(stores / "audio-16k")],
+        "VAL_STORE": str(stores / "video-16k"),
+        "OUTPUT_DIR": str(out),
+        "training_mixture.video_oversample": 1,
+        "Train.num_threads": 1,
+    }
+    params.update(overrides)
+    return [f"{k} = {v!r}" for k, v in params.items()]
+
+
 def write_synthetic_store(
     path: str | Path,
     kind: str,

@@ -22,6 +22,7 @@ import torch
 
 from mmgin import cli, io
 from mmgin.data.store import StorePaths
+from mmgin.testing import example
 from mmgin.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,24 +35,11 @@ STEPS = 6
 def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
     """A 6-step tiny training run on the example stores: a checkpoint every step, validation
     every 3, EMA snapshots every 2, deterministic on one thread (so runs compare bit for bit)."""
-    stores = workspace / "stores"
-    params = {
-        "VIDEO_STORES": [str(stores / "video-16k")],
-        "AUDIO_STORES": [str(stores / "audio-16k")],
-        "VAL_STORE": str(stores / "video-16k"),
-        "OUTPUT_DIR": str(out),
+    return example.train_params(workspace, out, **{
         "Train.codec": None,  # no generated samples: they cost seconds and are covered elsewhere
-        "training_mixture.video_oversample": 1,
-        "Train.num_iterations": STEPS,
-        "Train.checkpoint_every": 1,
-        "Train.log_every": 2,
-        "Train.val_every": 3,
-        "Train.ema_snapshot_every": 2,
-        "Train.deterministic": True,
-        "Train.num_threads": 1,
-    }
-    params.update(overrides)
-    return [f"{k} = {v!r}" for k, v in params.items()]
+        "Train.num_iterations": STEPS, "Train.checkpoint_every": 1, "Train.log_every": 2,
+        "Train.val_every": 3, "Train.ema_snapshot_every": 2, "Train.deterministic": True, **overrides,
+    })
 
 
 def extraction_params(inputs: Path, audios: Path, store: Path) -> list[str]:
