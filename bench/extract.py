@@ -107,9 +107,7 @@ def synthetic_batch(batch_size: int, device: torch.device) -> dict[str, torch.Te
 
 def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor], warmup: int, timed: int) -> dict[str, Any]:
     """Videos/s of ``program.encode_batch`` alone and seconds per video of each encoder."""
-    if program.compile:
-        program.clip.compile_for_inference()
-        program.synchformer.compile_for_inference()
+    program.compile_encoders()
     with torch.inference_mode():
         for _ in range(warmup):
             program.encode_batch(batch)

@@ -152,6 +152,13 @@ class ExtractVideoFeatures(Program):
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
+    def compile_encoders(self) -> None:
+        """With ``compile``, compiles CLIP's image tower and Synchformer in place (their modules
+        stay compiled for any later program that shares them)."""
+        if self.compile:
+            self.clip.compile_for_inference(self.compile_backend)
+            self.synchformer.compile_for_inference(self.compile_backend)
+
     def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = batch["waveform"].device
         with self._autocast(device):
@@ -178,9 +185,7 @@ class ExtractVideoFeatures(Program):
         self.codec = move_to(self.codec, device)
         self.clip = move_to(self.clip, device)
         self.synchformer = move_to(self.synchformer, device)
-        if self.compile:
-            self.clip.compile_for_inference(self.compile_backend)
-            self.synchformer.compile_for_inference(self.compile_backend)
+        self.compile_encoders()
         seq = self.sequence
         decoder = VideoRowDecoder(
             tuple(row.source for row in plan.rows), seq.sampling_rate, seq.num_audio_samples,
