@@ -32,7 +32,9 @@ def _filters(config) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Recipe checkpoints in the released container formats, written once for this module."""
+    """Recipe checkpoints in the released container formats, written once for this module.
+
+    Whoever loads one deletes it: together they are gigabytes on a shared disk."""
     root = tmp_path_factory.mktemp("recipe_weights")
     torch.save(recipe_state_dict("vae_v1_16"), root / "v1-16.pth")
     torch.save({"generator": recipe_state_dict("bigvgan_16k", fixed=_filters(BIGVGAN_16K))}, root / "best_netG.pt")
@@ -54,8 +56,11 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def codec_16k(checkpoints):
-    return AudioCodec(mode="16k", vae_checkpoint=checkpoints / "v1-16.pth",
-                      vocoder_checkpoint=checkpoints / "best_netG.pt")
+    codec = AudioCodec(mode="16k", vae_checkpoint=checkpoints / "v1-16.pth",
+                       vocoder_checkpoint=checkpoints / "best_netG.pt")
+    (checkpoints / "v1-16.pth").unlink()
+    (checkpoints / "best_netG.pt").unlink()
+    return codec
 
 
 def test_vae_16k_matches_reference(codec_16k, fixtures_dir):
@@ -91,6 +96,7 @@ def test_end_to_end_16k(codec_16k):
 def test_vae_44k_matches_reference(checkpoints, fixtures_dir):
     torch.save(recipe_state_dict("vae_v1_44"), checkpoints / "v1-44.pth")
     vae = get_vae("44k", checkpoint=checkpoints / "v1-44.pth")
+    (checkpoints / "v1-44.pth").unlink()
     fixture = _fixture(fixtures_dir, "vae_44k")
     with torch.inference_mode():
         posterior = vae.encode(fixture["inputs"]["mel"])

@@ -1,6 +1,11 @@
 """The MMAudio flow network, its sequence lengths and flow matching (see README.md here)."""
 
-from mmgin.model.factory import get_network, load_checkpoint, network_kwargs
+from mmgin.model.factory import (
+    get_network,
+    load_checkpoint,
+    network_from_state_dict,
+    network_kwargs,
+)
 from mmgin.model.flow_matching import FlowMatching
 from mmgin.model.network import VARIANTS, MMAudio, PreprocessedConditions
 from mmgin.model.sequence import SequenceConfig
@@ -13,5 +18,6 @@ __all__ = [
     "SequenceConfig",
     "get_network",
     "load_checkpoint",
+    "network_from_state_dict",
     "network_kwargs",
 ]

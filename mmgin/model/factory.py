@@ -63,14 +63,27 @@ def get_network(
     so no time is spent on an initialisation that the weights replace. ``overrides`` go to the
     MMAudio constructor (e.g. activation_checkpointing=True, latent_mean=...).
     """
-    kwargs = network_kwargs(name, duration) | overrides
     if checkpoint is None:
-        return MMAudio(**kwargs)
+        return MMAudio(**(network_kwargs(name, duration) | overrides))
     state = load_checkpoint(checkpoint)
+    try:
+        return network_from_state_dict(name, state, duration, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint}: {e}") from e
+
+
+def network_from_state_dict(
+    name: str, state: dict[str, torch.Tensor], duration: float = 8.0, **overrides: Any
+) -> MMAudio:
+    """The network ``name`` adopting the tensors of a released-format ``state`` dict.
+
+    The module is built on the meta device, so no time is spent on an initialisation that the
+    weights replace and no second copy of a billion parameters is ever held.
+    """
     with torch.device("meta"):
-        network = MMAudio(**kwargs)
+        network = MMAudio(**(network_kwargs(name, duration) | overrides))
     try:
         network.load_weights(state, assign=True)
     except RuntimeError as e:
-        raise ValueError(f"{checkpoint} does not fit network {name!r}: {e}") from e
+        raise ValueError(f"this state dict does not fit network {name!r}: {e}") from e
     return network
