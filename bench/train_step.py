@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import contextlib
 import functools
 import gc
 import json
@@ -357,11 +358,17 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         setattr(torch._functorch.config, name, ast.literal_eval(value))
     init_single_rank_group(device)
     results: list[dict[str, Any]] = []
+    # dynamic=True alone would also make Python float attributes (FlowMatching.min_sigma)
+    # symbolic; DDPOptimizer then passes that SymFloat out of its first bucket subgraph, and
+    # AOTAutograd fails on the float graph output ("'float' object has no attribute 'meta'",
+    # torch 2.11). Only the batch needs to be symbolic.
+    floats = torch._dynamo.config.patch(specialize_float=True) if args.dynamic else contextlib.nullcontext()
     try:
-        for variant in args.variant:
-            results.extend(run_variant(args, variant, device))
-            if args.out is not None:
-                io.write_text(args.out, json.dumps(results, indent=1) + "\n")
+        with floats:
+            for variant in args.variant:
+                results.extend(run_variant(args, variant, device))
+                if args.out is not None:
+                    io.write_text(args.out, json.dumps(results, indent=1) + "\n")
     finally:
         dist.destroy_process_group()
     return results

@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 import torch
 import torch.distributed as dist
+from torch._dynamo.utils import counters
 from torch.nn.parallel import DistributedDataParallel
 
 from mmgin.model import FlowMatching, get_network
@@ -106,3 +107,16 @@ def test_benchmark_script_runs_on_cpu(bench: ModuleType, tmp_path: Path) -> None
     assert result["train_tflops_per_sample"] == pytest.approx(expected_tflops)
     assert 0 < result["final_loss"] < 100
     assert not dist.is_initialized()
+
+
+def test_benchmark_batch_sweep_compiles_once_under_ddp(bench: ModuleType) -> None:
+    """--dynamic: one symbolic-batch compilation serves every batch of a sweep, through DDP's
+    bucket-split graph (a float attribute made symbolic used to break AOTAutograd there)."""
+    counters.clear()
+    argv = ["--device", "cpu", "--variant", "tiny_16k", "--batch", "2", "3", "--steps", "1",
+            "--warmup", "1", "--dynamic", "--compile_backend", "aot_eager"]
+    results = bench.main(argv)
+    assert [r["batch"] for r in results] == [2, 3] and all(r["dynamic"] for r in results)
+    assert counters["stats"]["unique_graphs"] == 1, "the second batch recompiled"
+    assert all(0 < r["final_loss"] < 100 for r in results)
+    assert torch._dynamo.config.specialize_float is False, "the bench leaked its dynamo setting"
