@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +155,49 @@ def test_replacing_a_store_needs_overwrite(tmp_path):
     store = FeatureStore.open(tmp_path / "set")
     assert len(store) == 3 and torch.equal(store.read(torch.arange(3))["mean"], newer["mean"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set", "set.failures.tsv", "set.tsv"]
+
+
+def _written_writer(directory: Path, plan: Plan, features: dict, text: torch.Tensor) -> StoreWriter:
+    """A writer whose rows are all written (row 1 failed), ready to finalise."""
+    writer = StoreWriter(directory, plan)
+    writer.prepare()
+    writer.open()
+    writer.fail_row(1, "unreadable", "cannot decode")
+    writer.write_rows([0, 2], {k: v[[0, 2]] for k, v in features.items()})
+    writer.write_text([0, 1], text)
+    writer.close()
+    return writer
+
+
+def test_finalisation_killed_during_its_cleanup_resumes(tmp_path, monkeypatch):
+    """A kill after the progress files are deleted (the cleanup's middle) leaves a work dir that
+    the next run finishes into the same store; it used to look like an unfinished extraction
+    whose progress files were missing."""
+    plan = _plan(3, ["dog", "cat", "dog"])
+    features = {k: torch.randn((3,) + s) for k, s in plan.row_shapes.items()}
+    text = torch.randn(2, 77, 1024)
+    _written_writer(tmp_path / "reference" / "set", plan, features, text).finalize()
+    writer = _written_writer(tmp_path / "killed" / "set", plan, features, text)
+    remove_tree = shutil.rmtree
+
+    def killed_at_the_failures_dir(path, *args, **kwargs):
+        if Path(path).name == "failures":
+            raise SystemExit("killed")
+        remove_tree(path, *args, **kwargs)
+
+    monkeypatch.setattr("mmgin.data.store_writer.shutil.rmtree", killed_at_the_failures_dir)
+    with pytest.raises(SystemExit):
+        writer.finalize()
+    monkeypatch.undo()
+    partial = tmp_path / "killed" / "set.partial"
+    assert not (partial / "progress.rows").exists() and (partial / "failures").is_dir()
+
+    resumed = StoreWriter(tmp_path / "killed" / "set", plan)
+    assert resumed.prepare() == "finalizing"
+    summary = resumed.finalize()
+    assert summary.rows == 2 and summary.failed == {"unreadable": 1}
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "killed") == files(tmp_path / "reference")

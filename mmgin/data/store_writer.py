@@ -270,7 +270,10 @@ class StoreWriter:
             self._retire_previous(overwrite)  # before the new tsv: never pair old data with it
             rows = [self.plan.rows[i].fields for i in kept.tolist()]
             tsv_io.write_table(self.paths.tsv, self.plan.columns, rows)
-            self._cleanup()
+            # From here on only the cleanup and the rename are left: both are repeated by a
+            # resumed run, which finds meta.json without plan.json ('finalizing').
+            plan_file.unlink()
+        self._cleanup()
         summary_data = json.loads((self.work / "summary.json").read_text())
         self._publish()
         return Summary(summary_data["rows"], Counter(summary_data["failed"]),
@@ -356,7 +359,14 @@ class StoreWriter:
             raise StoreError(f"tensordict wrote an unexpected meta.json in {self.work}")
 
     def _cleanup(self) -> None:
-        keep = {f"{k}.memmap" for k in self._final_keys()} | {"meta.json", "summary.json"}
+        """Removes everything that is not part of the store; repeatable after a kill.
+
+        What is kept comes from meta.json, not from this run's plan: a run resuming a killed
+        finalisation may have been given other inputs, and must not delete the store's data.
+        """
+        meta = json.loads((self.work / "meta.json").read_text())
+        stored = [k for k, v in meta.items() if isinstance(v, dict)]
+        keep = {f"{k}.memmap" for k in stored} | {"meta.json", "summary.json"}
         for path in self.work.iterdir():
             if path.name.endswith(".memmap") and path.name not in keep:
                 path.unlink()
@@ -369,7 +379,6 @@ class StoreWriter:
         for table in (self.paths.tsv, self.paths.failures):
             io.remove_stale_temps(table)
         shutil.rmtree(self.work / "failures", ignore_errors=True)
-        (self.work / "plan.json").unlink()  # last: from here on only the rename is left
 
     @property
     def _retired(self) -> Path:
