@@ -121,12 +121,18 @@ def run_forked(target: Callable[[], None]) -> float:
 def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 60.0) -> bool:
     """Polls until ``condition`` holds (True) or the process ends (False); a process still
     running after ``timeout`` s without getting there has hung: AssertionError with its stacks."""
+    def holds() -> bool:
+        try:
+            return condition()
+        except FileNotFoundError:  # the live process renamed a file between two looks
+            return False
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
+        if holds():
             return True
         if not forked.is_alive():
-            return condition()
+            return holds()
         time.sleep(0.002)
     raise AssertionError(f"no progress in {timeout} s; the process hangs in:\n{forked.stacks()}")
 
