@@ -9,6 +9,7 @@ cores and is exercised by the GPU benchmark instead.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 from pathlib import Path
@@ -17,12 +18,16 @@ from types import ModuleType
 import pytest
 import torch
 import torch.distributed as dist
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
+from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch.nn.parallel import DistributedDataParallel
 
 from mmgin.model import FlowMatching, get_network
 from mmgin.model.flops import training_flops_per_sample
 from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
+from mmgin.train.trainer import wrap_ddp
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
 
@@ -120,3 +125,52 @@ def test_benchmark_batch_sweep_compiles_once_under_ddp(bench: ModuleType) -> Non
     assert counters["stats"]["unique_graphs"] == 1, "the second batch recompiled"
     assert all(0 < r["final_loss"] < 100 for r in results)
     assert torch._dynamo.config.specialize_float is False, "the bench leaked its dynamo setting"
+
+
+def _products(graph: torch.fx.GraphModule) -> collections.Counter:
+    """Matrix products and attention calls of an AOT graph, by op name."""
+    names = collections.Counter()
+    for node in graph.graph.nodes:
+        name = getattr(node.target, "__name__", "").split(".")[0]
+        if node.op == "call_function" and (name in ("mm", "addmm", "bmm") or "attention" in name):
+            names[name] += 1
+    return names
+
+
+def _compiled_products_under_ddp(bench: ModuleType, checkpointing: bool | str) -> tuple:
+    """Products in the forward and backward graphs of the step compiled inside wrap_ddp, with
+    buckets small enough that DDPOptimizer splits the tiny network's graph."""
+    forward, backward = collections.Counter(), collections.Counter()
+
+    def counting(into: collections.Counter):
+        def compiler(graph: torch.fx.GraphModule, _inputs):
+            into.update(_products(graph))
+            return make_boxed_func(graph.forward)
+        return compiler
+
+    backend = aot_autograd(fw_compiler=counting(forward), bw_compiler=counting(backward),
+                           partition_fn=min_cut_rematerialization_partition)
+    network = get_network("tiny_16k", activation_checkpointing=checkpointing).train()
+    bench.recipe_like_init_(network, torch.Generator().manual_seed(0))
+    data = bench.synthetic_batch(network, 2, torch.device("cpu"))
+    torch._dynamo.reset()
+    bench.init_single_rank_group(torch.device("cpu"))
+    try:
+        step = torch.compile(FlowLoss(network, FlowMatching()), fullgraph=True, backend=backend)
+        model = wrap_ddp(step, torch.device("cpu"), bucket_cap_mb=1)
+        loss, _ = _loss_and_grads(model, [p for p in network.parameters() if p.requires_grad], data)
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+    return forward, backward, loss
+
+
+def test_selective_checkpointing_keeps_its_policy_through_ddp_splits(bench: ModuleType) -> None:
+    """Under DDP the compiled graph is split at bucket boundaries; the selective policy must
+    survive it: products and attention are saved, so the backward holds no more products than
+    without checkpointing (torch 2.11 alone lost the policy and recomputed them)."""
+    plain_forward, plain_backward, plain_loss = _compiled_products_under_ddp(bench, False)
+    forward, backward, loss = _compiled_products_under_ddp(bench, "selective")
+    assert any("attention" in name for name in plain_forward)
+    assert forward == plain_forward and backward == plain_backward
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)

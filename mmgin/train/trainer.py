@@ -20,6 +20,7 @@ from mmgin import dist
 from mmgin.model import FlowMatching, MMAudio
 from mmgin.train import rng
 from mmgin.train.batches import Batch, to_device
+from mmgin.train.ddp_compile import keep_checkpoint_policies_in_ddp_splits
 from mmgin.train.ema import PostHocEMA
 from mmgin.train.metrics import NUM_T_BINS, LossByT
 from mmgin.train.optim import lr_scheduler
@@ -32,13 +33,18 @@ class NonFiniteError(RuntimeError):
     """Too many updates in a row were skipped for non-finite loss or gradients."""
 
 
-def wrap_ddp(loss_fn: nn.Module, device: torch.device) -> DistributedDataParallel:
+def wrap_ddp(
+    loss_fn: nn.Module, device: torch.device, bucket_cap_mb: float = 25.0
+) -> DistributedDataParallel:
     """DDP around the (compiled) loss. Gradients are views into the all-reduce buckets: no
     second fp32 gradient copy and no bucket-to-grad copies after each all-reduce (the peak
-    memory, set by activations early in the backward, does not move; bench/NOTES.md)."""
+    memory, set by activations early in the backward, does not move; bench/NOTES.md). A
+    compiled loss is split at the bucket boundaries; selective checkpointing keeps its policy
+    through the split (mmgin.train.ddp_compile)."""
+    keep_checkpoint_policies_in_ddp_splits()
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(loss_fn, device_ids=device_ids, broadcast_buffers=False,
-                                   gradient_as_bucket_view=True)
+                                   gradient_as_bucket_view=True, bucket_cap_mb=bucket_cap_mb)
 
 
 class Trainer:
