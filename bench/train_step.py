@@ -67,6 +67,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dynamic", action="store_true", help="compile with a symbolic batch")
     parser.add_argument("--no-ddp", dest="ddp", action="store_false",
                         help="call the compiled loss directly instead of through one-rank DDP")
+    parser.add_argument("--bucket_cap_mb", type=float, default=25.0,
+                        help="DDP bucket size; DDPOptimizer splits the compiled graph at bucket "
+                             "boundaries (25 MB: about one graph per block)")
     parser.add_argument(
         "--autocast",
         choices=["bf16", "fp32"],
@@ -155,7 +158,7 @@ def build_trainer(args: argparse.Namespace, network: MMAudio, device: torch.devi
     trainer.model = trainer.loss_fn
     if args.ddp:
         # DDP's own forward stays eager; the compiled loss runs inside it, as in Trainer.
-        trainer.model = wrap_ddp(trainer.loss_fn, device)
+        trainer.model = wrap_ddp(trainer.loss_fn, device, bucket_cap_mb=args.bucket_cap_mb)
         trainer.distributed = True
     return trainer
 
@@ -281,6 +284,7 @@ def run_batch(
         "compile_mode": args.compile_mode if args.compile else None,
         "dynamic": args.dynamic,
         "ddp": args.ddp,
+        "bucket_cap_mb": args.bucket_cap_mb if args.ddp else None,
         "activation_checkpointing": args.activation_checkpointing,
         "memory_cap_gib": args.memory_cap_gib,
         "functorch_config": args.functorch_config,
