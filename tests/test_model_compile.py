@@ -140,16 +140,19 @@ def _products(graph: torch.fx.GraphModule) -> collections.Counter:
 def _compiled_products_under_ddp(bench: ModuleType, checkpointing: bool | str) -> tuple:
     """Products in the forward and backward graphs of the step compiled inside wrap_ddp, with
     buckets small enough that DDPOptimizer splits the tiny network's graph."""
-    forward, backward = collections.Counter(), collections.Counter()
+    forward, backward, graphs = collections.Counter(), collections.Counter(), collections.Counter()
 
-    def counting(into: collections.Counter):
+    def counting(into: collections.Counter, kind: str):
         def compiler(graph: torch.fx.GraphModule, _inputs):
             into.update(_products(graph))
+            graphs[kind] += 1
             return make_boxed_func(graph.forward)
         return compiler
 
-    backend = aot_autograd(fw_compiler=counting(forward), bw_compiler=counting(backward),
-                           partition_fn=min_cut_rematerialization_partition)
+    backend = aot_autograd(
+        fw_compiler=counting(forward, "forward"), bw_compiler=counting(backward, "backward"),
+        partition_fn=min_cut_rematerialization_partition,
+    )
     network = get_network("tiny_16k", activation_checkpointing=checkpointing).train()
     bench.recipe_like_init_(network, torch.Generator().manual_seed(0))
     data = bench.synthetic_batch(network, 2, torch.device("cpu"))
@@ -162,6 +165,7 @@ def _compiled_products_under_ddp(bench: ModuleType, checkpointing: bool | str) -
     finally:
         dist.destroy_process_group()
         torch._dynamo.reset()
+    assert graphs["forward"] > 1, "DDPOptimizer did not split the graph: nothing would be tested"
     return forward, backward, loss
 
 
