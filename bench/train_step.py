@@ -67,9 +67,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dynamic", action="store_true", help="compile with a symbolic batch")
     parser.add_argument("--no-ddp", dest="ddp", action="store_false",
                         help="call the compiled loss directly instead of through one-rank DDP")
-    parser.add_argument("--bucket_cap_mb", type=float, default=25.0,
-                        help="DDP bucket size; DDPOptimizer splits the compiled graph at bucket "
-                             "boundaries (25 MB: about one graph per block)")
+    parser.add_argument("--bucket_cap_mb", type=float, default=None,
+                        help="DDP bucket size (default: DDP's 25 MB); DDPOptimizer splits the "
+                             "compiled graph at bucket boundaries (25 MB: about one graph per block)")
     parser.add_argument(
         "--autocast",
         choices=["bf16", "fp32"],

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import gin
 import pytest
 import torch
 import torch.distributed as dist
@@ -178,3 +179,17 @@ def test_selective_checkpointing_keeps_its_policy_through_ddp_splits(bench: Modu
     assert any("attention" in name for name in plain_forward)
     assert forward == plain_forward and backward == plain_backward
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=0)
+
+
+def test_ddp_bucket_size_is_a_gin_setting(bench: ModuleType) -> None:
+    """wrap_ddp.bucket_cap_mb reaches DDP (it sets where DDPOptimizer cuts a compiled step);
+    unset, DDP keeps its own default and its small first bucket."""
+    network = get_network("tiny_16k")
+    bench.init_single_rank_group(torch.device("cpu"))
+    try:
+        assert wrap_ddp(network, torch.device("cpu")).bucket_bytes_cap_default
+        gin.parse_config("wrap_ddp.bucket_cap_mb = 100")
+        ddp = wrap_ddp(network, torch.device("cpu"))
+        assert ddp.bucket_bytes_cap == 100 * 2**20 and not ddp.bucket_bytes_cap_default
+    finally:
+        dist.destroy_process_group()

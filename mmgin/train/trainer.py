@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Sequence
 
+import gin
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -33,14 +34,19 @@ class NonFiniteError(RuntimeError):
     """Too many updates in a row were skipped for non-finite loss or gradients."""
 
 
+@gin.configurable(denylist=["loss_fn", "device"])
 def wrap_ddp(
-    loss_fn: nn.Module, device: torch.device, bucket_cap_mb: float = 25.0
+    loss_fn: nn.Module, device: torch.device, bucket_cap_mb: float | None = None
 ) -> DistributedDataParallel:
     """DDP around the (compiled) loss. Gradients are views into the all-reduce buckets: no
     second fp32 gradient copy and no bucket-to-grad copies after each all-reduce (the peak
-    memory, set by activations early in the backward, does not move; bench/NOTES.md). A
-    compiled loss is split at the bucket boundaries; selective checkpointing keeps its policy
-    through the split (mmgin.train.ddp_compile)."""
+    memory, set by activations early in the backward, does not move; bench/NOTES.md).
+
+    A compiled loss is split into one graph per bucket (DDPOptimizer), so all-reduces overlap
+    the backward; each cut also ends fusion, and at DDP's default 25 MB (None: DDP's own
+    default, with its small first bucket) small_16k's step is cut about once per block
+    (``wrap_ddp.bucket_cap_mb`` trades the two). Selective checkpointing keeps its policy
+    through the cuts (mmgin.train.ddp_compile)."""
     keep_checkpoint_policies_in_ddp_splits()
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(loss_fn, device_ids=device_ids, broadcast_buffers=False,
