@@ -34,12 +34,14 @@ def disk_full_error(
     )
 
 
-def remove_stale_temps(path: str | os.PathLike) -> None:
+def remove_stale_temps(path: str | os.PathLike, name_is_glob: bool = False) -> None:
     """Removes the temporary files ``atomic_path(path)`` leaves when its process is killed
-    mid-write (SIGKILL skips the cleanup). Call it only where no other writer of ``path`` can
-    be running."""
+    mid-write (SIGKILL skips the cleanup); with ``name_is_glob`` those of every file in
+    ``path``'s folder whose name matches ``path``'s name as a glob pattern. Call it only where
+    no other writer of those files can be running."""
     path = Path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    name = path.name if name_is_glob else glob.escape(path.name)
+    for stale in path.parent.glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
 
 

@@ -368,14 +368,13 @@ class StoreWriter:
         stored = [k for k, v in meta.items() if isinstance(v, dict)]
         keep = {f"{k}.memmap" for k in stored} | {"meta.json", "summary.json"}
         for path in self.work.iterdir():
-            if path.name.endswith(".memmap") and path.name not in keep:
+            dropped = path.name.endswith(".memmap") and path.name not in keep
+            # Temp files of writes a killed run did not finish (finalisation is rank 0's alone).
+            stale = path.is_file() and path.name.endswith(".tmp")
+            if dropped or stale:
                 path.unlink()
         for name in ("progress.rows", "progress.text"):
             (self.work / name).unlink(missing_ok=True)
-        # Temp files of writes a killed run did not finish (finalisation is rank 0's alone).
-        for path in self.work.iterdir():
-            if path.is_file() and path.name.endswith(".tmp"):
-                path.unlink()
         for table in (self.paths.tsv, self.paths.failures):
             io.remove_stale_temps(table)
         shutil.rmtree(self.work / "failures", ignore_errors=True)

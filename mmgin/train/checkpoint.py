@@ -62,8 +62,7 @@ def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep:
         old.unlink(missing_ok=True)
     # Half-written temp files of a process killed mid-write (checkpoint-sized each): only
     # rank 0 writes here, one file at a time, so any left now is stale.
-    for stale in path.parent.glob(".ckpt_*.pth.*.tmp"):
-        stale.unlink(missing_ok=True)
+    io.remove_stale_temps(path.parent / "ckpt_*.pth", name_is_glob=True)
     return path
 
 
