@@ -10,10 +10,12 @@ cores and is exercised by the GPU benchmark instead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import gin
 import pytest
@@ -41,6 +43,18 @@ def bench() -> ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def _single_rank_ddp(bench: ModuleType) -> Iterator[None]:
+    """A one-rank gloo group and a fresh dynamo cache, both gone afterwards."""
+    torch._dynamo.reset()
+    bench.init_single_rank_group(torch.device("cpu"))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+
+
 def _loss_and_grads(model: torch.nn.Module, params: list[torch.nn.Parameter], data: dict):
     for p in params:
         p.grad = None
@@ -59,14 +73,9 @@ def test_compiled_training_step_equals_eager(bench: ModuleType) -> None:
     data = bench.synthetic_batch(network, 4, torch.device("cpu"))
     eager_loss, eager_grads = _loss_and_grads(step, params, data)
 
-    torch._dynamo.reset()
-    bench.init_single_rank_group(torch.device("cpu"))
-    try:
+    with _single_rank_ddp(bench):
         compiled = DistributedDataParallel(torch.compile(step, fullgraph=True, backend="aot_eager"))
         loss, grads = _loss_and_grads(compiled, params, data)
-    finally:
-        dist.destroy_process_group()
-        torch._dynamo.reset()
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
     for grad, eager_grad in zip(grads, eager_grads):
         torch.testing.assert_close(grad, eager_grad, rtol=1e-4, atol=1e-7)
@@ -157,15 +166,10 @@ def _compiled_products_under_ddp(bench: ModuleType, checkpointing: bool | str) -
     network = get_network("tiny_16k", activation_checkpointing=checkpointing).train()
     bench.recipe_like_init_(network, torch.Generator().manual_seed(0))
     data = bench.synthetic_batch(network, 2, torch.device("cpu"))
-    torch._dynamo.reset()
-    bench.init_single_rank_group(torch.device("cpu"))
-    try:
+    with _single_rank_ddp(bench):
         step = torch.compile(FlowLoss(network, FlowMatching()), fullgraph=True, backend=backend)
         model = wrap_ddp(step, torch.device("cpu"), bucket_cap_mb=1)
         loss, _ = _loss_and_grads(model, [p for p in network.parameters() if p.requires_grad], data)
-    finally:
-        dist.destroy_process_group()
-        torch._dynamo.reset()
     assert graphs["forward"] > 1, "DDPOptimizer did not split the graph: nothing would be tested"
     return forward, backward, loss
 
@@ -185,11 +189,8 @@ def test_ddp_bucket_size_is_a_gin_setting(bench: ModuleType) -> None:
     """wrap_ddp.bucket_cap_mb reaches DDP (it sets where DDPOptimizer cuts a compiled step);
     unset, DDP keeps its own default and its small first bucket."""
     network = get_network("tiny_16k")
-    bench.init_single_rank_group(torch.device("cpu"))
-    try:
+    with _single_rank_ddp(bench):
         assert wrap_ddp(network, torch.device("cpu")).bucket_bytes_cap_default
         gin.parse_config("wrap_ddp.bucket_cap_mb = 100")
         ddp = wrap_ddp(network, torch.device("cpu"))
-        assert ddp.bucket_bytes_cap == 100 * 2**20 and not ddp.bucket_bytes_cap_default
-    finally:
-        dist.destroy_process_group()
+    assert ddp.bucket_bytes_cap == 100 * 2**20 and not ddp.bucket_bytes_cap_default

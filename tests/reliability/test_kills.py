@@ -129,20 +129,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(example_workspace
 ROWS = 10  # clips planned by `extraction_inputs`
 
 
-def rows_done(progress: Path) -> int | None:
-    """Rows marked done, or None once the progress file is gone (the run finalised meanwhile:
-    the live run renames its work dir between any existence check and this read)."""
-    try:
-        data = progress.read_bytes()
-    except FileNotFoundError:
-        return None
+def rows_done(progress: Path) -> int:
+    data = progress.read_bytes()
     return len(data) - data.count(0)
-
-
-def reached(progress: Path, store: Path, done: int) -> bool:
-    """Whether a live extraction has written ``done`` rows or already finished."""
-    rows = rows_done(progress)
-    return done == 0 or (rows is not None and rows >= done) or store.exists()
 
 
 def extraction_phase(store: Path) -> str:
@@ -150,9 +139,8 @@ def extraction_phase(store: Path) -> str:
     progress = partial / "progress.rows"
     if store.exists():
         return "finished"
-    rows = rows_done(progress)
-    if rows is not None:
-        return f"{rows}/{ROWS} rows done"
+    if progress.is_file():
+        return f"{rows_done(progress)}/{ROWS} rows done"
     if (partial / "meta.json").exists():
         return "finalising"
     return "start-up"
@@ -172,7 +160,7 @@ def test_extraction_killed_at_random_points_resumes_to_the_same_store(extraction
         # rows: during finalisation), a little later.
         done = rng.randint(0, ROWS)
         run = Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
-        wait_for(lambda: reached(progress, store, done), run)
+        wait_for(lambda: done == 0 or (progress.is_file() and rows_done(progress) >= done) or store.exists(), run)
         time.sleep(rng.uniform(0.0, 0.05))
         if not run.sigkill():
             shutil.rmtree(store.parent)
