@@ -18,8 +18,9 @@ needs more is recorded with "oom": true and larger batches of that variant are s
 `--dynamic` compiles once with a symbolic batch, so a batch sweep costs one compilation.
 `--profile DIR` writes, per configuration, the top kernels and their share of the step.
 
-MFU = analytic training FLOPs (mmgin.model.flops) / step time / --peak_flops (989e12: H100
-SXM dense bf16).
+MFU = analytic training FLOPs (mmgin.model.flops) / step time / --peak_flops (default: the
+device's dense peak for the precision, mmgin.train.metrics.peak_flops: 989e12 for an H100 in
+bf16; none on a CPU or an unknown GPU, which then report no MFU).
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ from mmgin import io
 from mmgin.model import FlowMatching, MMAudio, network_kwargs
 from mmgin.model.flops import training_flops_per_sample
 from mmgin.testing.recipe import recipe_rule
+from mmgin.train.metrics import peak_flops
 from mmgin.train.optim import adamw
 from mmgin.train.trainer import Trainer, wrap_ddp
 
-H100_BF16_DENSE_FLOPS = 989e12
 CFG_DROPOUT = 0.1
 GIB = 2**30
 
@@ -79,7 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--activation-checkpointing", nargs="?", const="full", default=False,
                         choices=["full", "selective"], help="recompute blocks in the backward (default: full)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--peak_flops", type=float, default=H100_BF16_DENSE_FLOPS)
+    parser.add_argument("--peak_flops", type=float, default=None,
+                        help="peak FLOP/s of one device for MFU (default: the device's, if known)")
     parser.add_argument("--memory_cap_gib", type=float, default=None)
     parser.add_argument("--functorch_config", action="append", default=[], metavar="NAME=VALUE",
                         help="set torch._functorch.config.NAME (partitioner knobs); repeatable")
@@ -266,6 +268,7 @@ def run_batch(
     step_time = (time.perf_counter() - start) / args.steps
     window = trainer.collect_window()
     flops = training_flops_per_sample(network)
+    peak = args.peak_flops or peak_flops(device, trainer.precision, None)
     result = {
         "variant": variant,
         "batch": batch,
@@ -276,7 +279,7 @@ def run_batch(
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
         "warmup_peak_memory_gib": warmup_peak,
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None,
-        "mfu": flops * batch / step_time / args.peak_flops,
+        "mfu": flops * batch / step_time / peak if peak else None,
         "train_tflops_per_sample": flops / 1e12,
         "autocast": trainer.precision,
         "compile": args.compile,

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 from tensordict import TensorDict
 
 from mmgin import cli
 from mmgin.data import tsv as tsv_io
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
+from mmgin.data.store import StoreError
 from mmgin.media.video import clip_frames_to_float, load_video_frames, sync_frames_to_float
 from mmgin.programs.extract_video import VideoRowDecoder
 from mmgin.programs.make_example_data import write_audio, write_mp4
@@ -158,3 +160,18 @@ def test_compiled_encoders_write_the_same_store(example_workspace, tmp_path):
         assert torch.equal(compiled[key], eager[key]), key
     for key in ("clip_features", "sync_features"):  # bf16 storage: a rounding flip at most
         torch.testing.assert_close(compiled[key].float(), eager[key].float(), rtol=8e-3, atol=1e-5)
+
+
+def test_a_folder_with_files_in_the_store_place_is_refused_and_kept(example_workspace, tmp_path):
+    """An empty folder there is taken (test_example makes every output folder first)."""
+    store = tmp_path / "stores" / "clips"
+    store.mkdir(parents=True)
+    (store / "notes.txt").write_text("mine\n")
+    with pytest.raises(StoreError, match="exists but is not a finished store"):
+        cli.run(
+            ["gin/extract_audio_16k.gin", TINY],
+            [f"AUDIO_DIR = '{example_workspace / 'audios'}'", f"CAPTIONS_TSV = '{example_workspace / 'captions.tsv'}'",
+             f"CLIPS_TSV = '{example_workspace / 'clips.tsv'}'", f"OUTPUT_DIR = '{store}'"],
+            [str(REPO)], dry_run=False,
+        )
+    assert [p.name for p in store.iterdir()] == ["notes.txt"]

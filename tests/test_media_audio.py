@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmgin.media.audio import decode_audio, load_audio, resample
+from mmgin.media.audio import decode_audio, load_audio
+from mmgin.media.resample import resample
 from mmgin.media.errors import MediaError
 from mmgin.media.write import write_audio
 

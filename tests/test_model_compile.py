@@ -116,7 +116,7 @@ def test_benchmark_script_runs_on_cpu(bench: ModuleType, tmp_path: Path) -> None
     (result,) = results
     assert result["variant"] == "tiny_16k" and result["batch"] == 1 and result["autocast"] == "fp32"
     assert result["activation_checkpointing"] == "full" and result["compile"] is False
-    assert result["samples_per_s"] > 0 and 0 < result["mfu"] < 1
+    assert result["samples_per_s"] > 0 and result["mfu"] is None  # no known peak on a CPU
     network = get_network("tiny_16k")
     expected_tflops = training_flops_per_sample(network) / 1e12
     assert result["train_tflops_per_sample"] == pytest.approx(expected_tflops)

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mmgin import cli, dist, io
 from mmgin.model import get_network
+from mmgin.model.flops import training_flops_per_sample
 from mmgin.testing.example import train_params, write_synthetic_store
 from mmgin.testing.recipe import recipe_state_dict
 from mmgin.train import checkpoint as ckpt
@@ -23,6 +24,7 @@ from mmgin.train.trainer import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]
+PEAK_TFLOPS = 0.25
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -85,7 +87,8 @@ def recording_eval_hook(audio_dir, iteration, writer):
 @pytest.fixture(scope="module")
 def tensorboard_run(example_workspace, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tensorboard") / "run"
-    params = train_params(example_workspace, out) + ["Train.eval_hook = @test_train_runs_eval_hook"]
+    params = train_params(example_workspace, out) + ["Train.eval_hook = @test_train_runs_eval_hook",
+                                                     f"Train.peak_tflops = {PEAK_TFLOPS}"]
     cli.run(FILES, params, [str(REPO)], dry_run=False)
     return out
 
@@ -99,6 +102,10 @@ def test_tensorboard_has_the_documented_tags(tensorboard_run):
                 "train/data_wait_fraction", "train/mfu", "train/skipped_updates", "val/loss"):
         assert tag in tags["scalars"], tag
         assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars(tag)), tag
+    # MFU against the peak the user gave (a CPU has no known peak: see test_example).
+    flops = training_flops_per_sample(get_network("tiny_16k"))
+    for mfu, speed in zip(events.Scalars("train/mfu"), events.Scalars("train/samples_per_s"), strict=True):
+        assert mfu.value == pytest.approx(flops * speed.value / (PEAK_TFLOPS * 1e12), rel=1e-5)
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
     assert {"train/loss_by_t", "val/loss_by_t"} <= set(tags["histograms"])
     assert {"sample/0/audio", "sample/0/audio_gt", "sample/1/audio"} <= set(tags["audio"])

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmgin import dist
-from mmgin.data.store import StoreError, StorePaths, is_complete
+from mmgin.data.store import StoreError, StorePaths, is_complete, is_vacant
 from mmgin.data import tsv as tsv_io
 from mmgin.data.store_writer import FAILURE_COLUMNS, PENDING, Plan, StoreWriter, Summary
 from mmgin.media.errors import MediaError
@@ -204,7 +204,7 @@ def skip_if_complete(store: Path, overwrite: bool) -> bool:
     if is_complete(store):
         dist.log_main("%s is already complete; nothing to do (set overwrite=True to rebuild)", store)
         return True
-    if store.exists():
+    if not is_vacant(store):
         raise StoreError(f"{store} exists but is not a finished store; delete it or set overwrite=True")
     return False
 

@@ -103,6 +103,15 @@ def is_complete(directory: str | Path) -> bool:
     return (paths.directory / "meta.json").is_file() and paths.tsv.is_file()
 
 
+def is_vacant(directory: str | Path) -> bool:
+    """True when a store may be written at ``directory``: nothing is there, or an empty
+    directory (made ahead of the run, as with ``mkdir -p``), which the store then replaces."""
+    path = Path(directory)
+    if not path.exists():
+        return True
+    return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
+
+
 class FeatureStore:
     """Read access to one store, in any layout; rows come back as float32 tensors.
 

@@ -40,6 +40,7 @@ from mmgin.data.store import (
     StoreError,
     StoreFormat,
     StorePaths,
+    is_vacant,
 )
 
 PENDING, DONE, FAILED = 0, 1, 2
@@ -386,7 +387,7 @@ class StoreWriter:
     def _retire_previous(self, overwrite: bool) -> None:
         """Moves an existing store aside (``overwrite``), so no reader sees old and new mixed."""
         final = self.paths.directory
-        if final.exists():
+        if not is_vacant(final):  # an empty directory is replaced by the rename in `_publish`
             if not overwrite:
                 raise StoreError(f"{final} already exists; delete it or set overwrite=True")
             shutil.rmtree(self._retired, ignore_errors=True)

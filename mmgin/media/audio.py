@@ -2,30 +2,23 @@
 
 The preparation follows the reference extraction exactly: channel mean, peak normalisation over
 the whole file (``/ abs_max * 0.95``), optional sample range at the native rate, Kaiser-best
-resampling (torchaudio, kernels cached per rate pair), then length checks. Bad files raise
-``mmgin.media.errors.MediaError`` subclasses whose ``reason`` extraction programs record.
+resampling (``mmgin.media.resample``: torchaudio's result, without torchaudio), then length
+checks. Bad files raise ``mmgin.media.errors.MediaError`` subclasses whose ``reason``
+extraction programs record.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
 import av
 import numpy as np
 import torch
-import torchaudio
 
 from mmgin.media.errors import NoAudioStream, SilentAudio, TooShort, UnreadableMedia
+from mmgin.media.resample import resample
 
-# torchaudio "kaiser_best" settings used by the reference for every resampling.
-KAISER_BEST = dict(
-    lowpass_filter_width=64,
-    rolloff=0.9475937167399596,
-    resampling_method="sinc_interp_kaiser",
-    beta=14.769656459379492,
-)
 SILENCE_THRESHOLD = 1e-6
 PEAK_LEVEL = 0.95
 
@@ -110,18 +103,6 @@ def decode_audio(path: str | os.PathLike) -> DecodedAudio:
         raise UnreadableMedia("Audio stream has no valid sample rate", path)
     samples = torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks, axis=1)))
     return DecodedAudio(samples, int(rate))
-
-
-@functools.lru_cache(maxsize=32)
-def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
-    return torchaudio.transforms.Resample(orig_rate, new_rate, **KAISER_BEST)
-
-
-def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Kaiser-best band-limited resampling along the last axis (the kernel is cached per rate pair)."""
-    if orig_rate == new_rate:
-        return waveform
-    return _resampler(int(orig_rate), int(new_rate))(waveform)
 
 
 def _seconds(samples: int, rate: int) -> str:

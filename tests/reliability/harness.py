@@ -51,7 +51,18 @@ def extraction_params(inputs: Path, audios: Path, store: Path) -> list[str]:
 
 
 def run_in_process(files: list[str], params: list[str]) -> None:
-    assert cli.run(files, params, [str(REPO)], dry_run=False) == 0
+    """Runs a program here with one intra-op thread, as the forked runs do (`_child`).
+
+    Resumed runs are compared byte for byte with uninterrupted forked ones, so both must do the
+    same arithmetic: with another thread count a CPU kernel may sum in another order (a fresh
+    clone on another machine saw the text features of resumed extractions differ).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.run(files, params, [str(REPO)], dry_run=False) == 0
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _child(target: Callable[[], None], errors, stacks: str) -> None:
