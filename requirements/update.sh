@@ -14,6 +14,7 @@ trap 'rm -rf "$tools"' EXIT
 python3 -m venv "$tools"
 "$tools/bin/pip" install -q --disable-pip-version-check uv==0.13.8
 compile=("$tools/bin/uv" pip compile pyproject.toml --universal --python-version 3.11
-         --fork-strategy fewest --custom-compile-command "bash requirements/update.sh" "$@")
+         --fork-strategy fewest --quiet --custom-compile-command "bash requirements/update.sh" "$@")
 "${compile[@]}" -o requirements/main.txt
 "${compile[@]}" --extra dev -c requirements/main.txt -o requirements/dev.txt
+echo "wrote requirements/main.txt and requirements/dev.txt; commit them with pyproject.toml"
