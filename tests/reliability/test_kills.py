@@ -30,6 +30,7 @@ from .harness import (
     Forked,
     differences,
     extraction_params,
+    run_forked,
     run_in_process,
     run_outputs,
     store_files,
@@ -177,3 +178,22 @@ def test_extraction_killed_at_random_points_resumes_to_the_same_store(extraction
                             f"{' and the .partial directory was left' if left else ''}")
     assert attempts.landed == trials, f"seed {seed}: {attempts.landed} of {trials} kills landed before the run ended"
     assert not failures, f"seed {seed}: {failures}"
+
+
+
+def test_runs_here_compute_as_the_forked_runs_whatever_this_process_threads(extraction_inputs, tmp_path):
+    """Resumed runs here are compared byte for byte with forked one-thread runs. With 3 or more
+    threads the tiny CLIP's float32 text features differ in their last bits, so the thread count
+    of the test process must not reach `run_in_process` (float32 stores: bf16 hides most of it)."""
+    root, audios, _, _ = extraction_inputs
+    float32 = ["ExtractAudioFeatures.feature_dtype = 'float32'"]
+    forked, here = tmp_path / "forked" / "store", tmp_path / "here" / "store"
+    run_forked(functools.partial(run_in_process, EXTRACTION_FILES, extraction_params(root, audios, forked) + float32))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(16)
+    try:
+        run_in_process(EXTRACTION_FILES, extraction_params(root, audios, here) + float32)
+        assert torch.get_num_threads() == 16
+    finally:
+        torch.set_num_threads(previous)
+    assert store_files(here) == store_files(forked)
