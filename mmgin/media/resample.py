@@ -8,17 +8,17 @@ compares this module with torchaudio bit for bit while the dev environment still
 When torchaudio can no longer be installed, delete that comparison: nothing else uses it.
 
 The method. With both rates divided by their gcd (``o`` input and ``n`` output samples per
-period), output sample ``j`` of each period is a dot product of the input with the kernel row
+period), output sample ``j`` of each period is the dot product of the input with kernel row
 
-    k_j[i] = s * sinc(pi * c * u) * w(u),   u = clamp((i - W) / o - j / n, -L, L) ... scaled by c,
+    x = clamp(c * ((i - W) / o - j / n), -L, L)
+    k_j[i] = s * sin(pi * x) / (pi * x) * I0(beta * sqrt(1 - (x / L)^2)) / I0(beta)
 
-for ``i`` in ``[0, 2W + o)``, where ``c = min(o, n) * rolloff`` is the cut-off (in samples of
-the reduced rates), ``L`` the low-pass width in zero crossings, ``W = ceil(L * o / c)`` the
-half width in input samples, ``s = c / o`` the gain and ``w`` the Kaiser window
-``I0(beta * sqrt(1 - (x / L)^2)) / I0(beta)`` of the clamped ``x = c * u``. The kernels are
-computed in float64 and stored as float32. The input is zero-padded by ``W`` on the left and
-``W + o`` on the right and convolved with the ``n`` kernel rows at stride ``o``; the
-interleaved outputs are cut to ``ceil(n * T / o)`` samples.
+(the sinc is 1 at x = 0) for ``i`` in ``[0, 2W + o)``, where ``c = min(o, n) * rolloff`` is the
+cut-off in samples of the reduced rates, ``L`` the low-pass width in zero crossings (64),
+``W = ceil(L * o / c)`` the half width in input samples and ``s = c / o`` the gain. The kernels
+are computed in float64 and kept as float32. The input is zero-padded by ``W`` on the left and
+``W + o`` on the right and convolved with the ``n`` rows at stride ``o``; the interleaved
+outputs are cut to ``ceil(n * T / o)`` samples.
 
 Bit-exactness needs torchaudio's exact sequence of operations and roundings, kept below: the
 output offsets ``-j / n`` are divided in float32 before they meet the float64 input offsets;
