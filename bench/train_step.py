@@ -268,7 +268,7 @@ def run_batch(
     step_time = (time.perf_counter() - start) / args.steps
     window = trainer.collect_window()
     flops = training_flops_per_sample(network)
-    peak = args.peak_flops or peak_flops(device, trainer.precision, None)
+    peak = peak_flops(device, trainer.precision, None if args.peak_flops is None else args.peak_flops / 1e12)
     result = {
         "variant": variant,
         "batch": batch,

@@ -7,6 +7,7 @@ imports, which would cost seconds per trial. Resumes run in the test process.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import multiprocessing
@@ -57,10 +58,17 @@ def run_in_process(files: list[str], params: list[str]) -> None:
     same arithmetic: with another thread count a CPU kernel may sum in another order (a fresh
     clone on another machine saw the text features of resumed extractions differ).
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         assert cli.run(files, params, [str(REPO)], dry_run=False) == 0
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int):
+    """torch's intra-op thread count set to ``count`` inside the block, restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
     finally:
         torch.set_num_threads(previous)
 

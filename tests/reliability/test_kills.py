@@ -30,6 +30,7 @@ from .harness import (
     Forked,
     differences,
     extraction_params,
+    intra_op_threads,
     run_forked,
     run_in_process,
     run_outputs,
@@ -180,7 +181,6 @@ def test_extraction_killed_at_random_points_resumes_to_the_same_store(extraction
     assert not failures, f"seed {seed}: {failures}"
 
 
-
 def test_runs_here_compute_as_the_forked_runs_whatever_this_process_threads(extraction_inputs, tmp_path):
     """Resumed runs here are compared byte for byte with forked one-thread runs. With 3 or more
     threads the tiny CLIP's float32 text features differ in their last bits, so the thread count
@@ -189,11 +189,7 @@ def test_runs_here_compute_as_the_forked_runs_whatever_this_process_threads(extr
     float32 = ["ExtractAudioFeatures.feature_dtype = 'float32'"]
     forked, here = tmp_path / "forked" / "store", tmp_path / "here" / "store"
     run_forked(functools.partial(run_in_process, EXTRACTION_FILES, extraction_params(root, audios, forked) + float32))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(16)
-    try:
+    with intra_op_threads(16):
         run_in_process(EXTRACTION_FILES, extraction_params(root, audios, here) + float32)
         assert torch.get_num_threads() == 16
-    finally:
-        torch.set_num_threads(previous)
     assert store_files(here) == store_files(forked)
