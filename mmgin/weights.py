@@ -1,15 +1,20 @@
 """Registry of the external weight files: where each lives, where it comes from, how to check it.
 
-Nothing here downloads on its own. Code that needs a file calls ``resolve`` (or ``load``), which
-fails with a message naming the file, its URL, its md5 and the command that fetches it:
+Nothing here downloads on its own. Every loader finds its file with ``resolve`` (``load`` calls
+it), the one rule for where weights are: a path that exists (absolute, or relative to the working
+directory) is used as given; any other relative name is looked up in the weights directory,
+``$MMGIN_WEIGHTS_DIR`` when set, else the checkout's ``ext_weights/`` (beside the mmgin package,
+whatever the working directory). Configs name files by their name there (``'v1-16.pth'``). A
+missing file is an error naming where it looked, the file's URL and md5 and the command that
+fetches it:
 
     python -m mmgin.weights list
-    python -m mmgin.weights download [NAMES...] [--dir ext_weights] [--url-base URL]
+    python -m mmgin.weights download [NAMES...] [--dir DIR] [--url-base URL]
     python -m mmgin.weights verify [NAMES...]
 
 Downloads go to ``<file>.part`` (resumed with an HTTP Range request after an interruption) and
 are renamed into place only after the md5 (or, where no md5 is published, the size) matches.
-The directory defaults to ``$MMGIN_WEIGHTS_DIR`` or ``./ext_weights``; the URL base can be
+The directory defaults to the weights directory above; the URL base can be
 replaced (``--url-base`` or ``$MMGIN_WEIGHTS_URL_BASE``: files are then fetched from
 ``<base>/<file>``), for mirrors and for tests.
 """
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "MMGIN_WEIGHTS_DIR"
 URL_BASE_ENV = "MMGIN_WEIGHTS_URL_BASE"
 DEFAULT_DIR = "ext_weights"
+REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / DEFAULT_DIR  # the checkout's, not ./ext_weights
 
 _MMAUDIO_HF = "https://huggingface.co/hkchengrex/MMAudio/resolve/main/weights"
 _MMAUDIO_RELEASE = "https://github.com/hkchengrex/MMAudio/releases/download/v0.1"
@@ -111,8 +117,21 @@ class CorruptWeightsError(WeightsError):
 
 
 def weights_dir(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else $MMGIN_WEIGHTS_DIR, else ./ext_weights."""
-    return Path(root if root is not None else os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_DIR))
+    """``root``, else $MMGIN_WEIGHTS_DIR, else the checkout's ext_weights/: the same folder from
+    any working directory, so the downloader writes where the loaders look."""
+    if root is not None:
+        return Path(root)
+    configured = os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(configured).expanduser() if configured else REPO_WEIGHTS_DIR
+
+
+def _describe_dir(root: str | os.PathLike | None) -> str:
+    """Where the weights directory came from, for error messages."""
+    if root is not None:
+        return "the weights directory given"
+    if os.environ.get(WEIGHTS_DIR_ENV):
+        return f"the weights directory, from ${WEIGHTS_DIR_ENV}"
+    return f"the weights directory: the checkout's {DEFAULT_DIR}/; set ${WEIGHTS_DIR_ENV} for another"
 
 
 def lookup(name_or_file: str | os.PathLike) -> WeightFile | None:
@@ -144,21 +163,53 @@ def how_to_get(item: WeightFile, root: str | os.PathLike | None = None) -> str:
     )
 
 
-def resolve(name_or_file: str, root: str | os.PathLike | None = None) -> Path:
-    """Path of a registered weight file under the weights directory; raises MissingWeightsError."""
-    item = lookup(name_or_file)
+def _candidates(path_or_name: str, root: str | os.PathLike | None) -> list[tuple[Path, str]]:
+    """Where ``resolve`` looks, in order, each with what it is (for the error message)."""
+    if path_or_name in _BY_NAME:
+        return [(weights_dir(root) / _BY_NAME[path_or_name].file, _describe_dir(root))]
+    given = Path(path_or_name).expanduser()
+    if given.is_absolute():
+        return [(given, "the path given")]
+    return [(given, f"relative to the working directory {Path.cwd()}"),
+            (weights_dir(root) / given, _describe_dir(root))]
+
+
+def _missing_hint(key: str, root: str | os.PathLike | None) -> str:
+    """For a registered file: what it is, how to get it, and the name the weights directory knows."""
+    item = lookup(key)
     if item is None:
-        raise KeyError(f"{name_or_file!r} is not a registered weight file; see `python -m mmgin.weights list`")
-    path = weights_dir(root) / item.file
-    if not path.is_file():
-        raise MissingWeightsError(f"Missing weight file {path} ({item.description}).\n{how_to_get(item, root)}")
-    return path
+        return ""
+    given = Path(key)
+    # An absolute path gets the command that puts the file there; any other name, the weights directory.
+    at_given = given.is_absolute() and given.as_posix().endswith("/" + item.file)
+    hint = f"\nIt is {item.name} ({item.description}). {how_to_get(item, _root_of(given, item) if at_given else root)}"
+    if not given.is_absolute() and key not in (item.name, item.file):
+        hint += f"\n  Name it {item.file!r} to find it in the weights directory from any working directory."
+    return hint
 
 
-def find(name_or_file: str, root: str | os.PathLike | None = None) -> Path | None:
+def resolve(path_or_name: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """The weights file (or folder, e.g. the 44.1 kHz vocoder's) that ``path_or_name`` names.
+
+    A registry name (``vae_16k``) is its file in the weights directory. A path that exists,
+    absolute or relative to the working directory, is used as given. Any other relative path is
+    looked up in the weights directory (``root``, else $MMGIN_WEIGHTS_DIR, else the checkout's
+    ext_weights/). Raises MissingWeightsError naming each place tried and, for a registered
+    file, its URL, md5 and the download command.
+    """
+    key = os.fspath(path_or_name)
+    tried = _candidates(key, root)
+    for path, _ in tried:
+        if path.exists():
+            return path
+    places = "\n".join(f"  {path}  ({what})" for path, what in tried)
+    raise MissingWeightsError(f"mmgin: weight file {key!r} not found; tried:\n{places}{_missing_hint(key, root)}")
+
+
+def find(path_or_name: str | os.PathLike, root: str | os.PathLike | None = None) -> Path | None:
     """Like ``resolve`` but returns None when the file is absent."""
     try:
-        return resolve(name_or_file, root)
+        return resolve(path_or_name, root)
     except MissingWeightsError:
         return None
 
@@ -169,13 +220,12 @@ def _root_of(path: Path, item: WeightFile) -> Path:
     return path.parents[depth - 1] if len(path.parts) > depth else Path(".")
 
 
-def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """torch.load(weights_only=True) of a checkpoint, with errors that say how to get a good copy."""
-    path = Path(path)
+def load(path_or_name: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """torch.load(weights_only=True) of the file ``resolve`` finds, with errors that say how to
+    get a good copy."""
+    path = resolve(path_or_name)
     item = lookup(path)
     hint = f"\n{how_to_get(item, _root_of(path, item))}" if item is not None else ""
-    if not path.is_file():
-        raise MissingWeightsError(f"Missing weight file {path}.{hint}")
     try:
         return io.load_torch(path, map_location=map_location)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on bad files
@@ -320,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmgin.weights", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--dir", default=None, help=f"weights directory (default ${WEIGHTS_DIR_ENV} or ./{DEFAULT_DIR})"
+        "--dir", default=None,
+        help=f"weights directory (default ${WEIGHTS_DIR_ENV}, else the checkout's {DEFAULT_DIR}/: {REPO_WEIGHTS_DIR})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", parents=[common], help="list the registered files and whether they are present")

@@ -151,6 +151,6 @@ def test_gin_fragments_configure_the_codec(repo_root):
         assert (codec.mode, codec.size, codec.sampling_rate, codec.latent_dim) == ("44k", "tiny", 44100, 40)
         gin.clear_config()
         gin.parse_config_files_and_bindings([str(repo_root / "gin/audio/16k.gin")], [])
-        assert gin.query_parameter("AudioCodec.vocoder_checkpoint") == "ext_weights/best_netG.pt"
+        assert gin.query_parameter("AudioCodec.vocoder_checkpoint") == "best_netG.pt"
     finally:
         gin.clear_config()

@@ -193,3 +193,137 @@ def test_registry_is_consistent():
         assert item.url.startswith("https://") and item.url.endswith(Path(item.file).name)
         assert item.md5 is None or re.fullmatch(r"[0-9a-f]{32}", item.md5)
         assert weights.lookup(item.file) is item and weights.lookup(item.name) is item
+
+
+
+# --------------------------------------------------------------------------- where files are found
+REPO = Path(__file__).resolve().parents[1]
+REPO_EXT_WEIGHTS = REPO / "ext_weights"
+ABSENT = "mmgin-test-never-present.pth"
+
+
+@pytest.fixture()
+def elsewhere(tmp_path, monkeypatch) -> Path:
+    """A working directory outside the checkout, with no weights directory set."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
+    return cwd
+
+
+def test_resolve_explicit_path_wins_then_weights_dir_setting(elsewhere, tmp_path, monkeypatch):
+    configured = tmp_path / "configured"
+    (configured / "bigvgan_v2_44khz_128band_512x").mkdir(parents=True)
+    (configured / "v1-16.pth").write_bytes(b"vae")
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(configured))
+    assert weights.weights_dir() == configured
+    assert weights.resolve("v1-16.pth") == configured / "v1-16.pth"
+    assert weights.resolve("vae_16k") == configured / "v1-16.pth"  # a registry name
+    assert weights.resolve("bigvgan_v2_44khz_128band_512x") == configured / "bigvgan_v2_44khz_128band_512x"
+    # A path that exists is used as given: relative to the working directory, or absolute.
+    (elsewhere / "v1-16.pth").write_bytes(b"mine")
+    assert weights.resolve("v1-16.pth") == Path("v1-16.pth")
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"x")
+    assert weights.resolve(mine) == mine
+    # A missing absolute path is an error; it is not looked up anywhere else.
+    with pytest.raises(MissingWeightsError) as missing:
+        weights.resolve(tmp_path / "nowhere" / "v1-16.pth")
+    assert str(configured) not in str(missing.value)
+
+
+def test_default_weights_dir_is_the_checkouts_ext_weights_from_any_directory(elsewhere):
+    assert weights.weights_dir() == REPO_EXT_WEIGHTS
+    with pytest.raises(MissingWeightsError) as missing:
+        weights.resolve(ABSENT)
+    text = str(missing.value)
+    assert str(REPO_EXT_WEIGHTS / ABSENT) in text and str(elsewhere) in text
+    assert "ext_weights" not in str(elsewhere)
+
+
+def test_missing_file_error_names_places_tried_and_how_to_get_it(elsewhere, tmp_path, monkeypatch):
+    configured = tmp_path / "configured"
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(configured))
+    with pytest.raises(MissingWeightsError) as missing:
+        weights.resolve("v1-16.pth")
+    text = str(missing.value)
+    assert text.startswith("mmgin: weight file 'v1-16.pth' not found")
+    for needed in (str(elsewhere), str(configured / "v1-16.pth"), "$MMGIN_WEIGHTS_DIR",
+                   "releases/download/v0.1/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7",
+                   f"python -m mmgin.weights download vae_16k --dir {configured}"):
+        assert needed in text
+    # An old-style 'ext_weights/...' name says which name the weights directory answers to.
+    with pytest.raises(MissingWeightsError, match="Name it 'v1-16.pth'"):
+        weights.resolve("ext_weights/v1-16.pth")
+
+
+SHIPPED_WEIGHT_BINDINGS = {
+    "gin/audio/16k.gin": ("AudioCodec.vae_checkpoint", "AudioCodec.vocoder_checkpoint"),
+    "gin/audio/44k.gin": ("AudioCodec.vae_checkpoint", "AudioCodec.vocoder_checkpoint"),
+    "gin/vision/full.gin": ("get_clip.checkpoint", "get_clip.empty_string_path", "get_synchformer.checkpoint"),
+}
+
+
+@pytest.mark.parametrize("fragment", sorted(SHIPPED_WEIGHT_BINDINGS))
+def test_shipped_weight_bindings_resolve_in_the_checkouts_ext_weights(fragment, elsewhere):
+    import gin
+
+    import mmgin.audio  # noqa: F401  (registers AudioCodec)
+    import mmgin.vision  # noqa: F401  (registers get_clip, get_synchformer)
+
+    gin.parse_config_file(str(REPO / fragment))
+    for binding in SHIPPED_WEIGHT_BINDINGS[fragment]:
+        value = gin.query_parameter(binding)
+        item = weights.lookup(value)
+        assert item is not None and value == item.file, f"{binding} should name a registered file by its file"
+        try:
+            found = weights.resolve(value)
+        except MissingWeightsError as missing:
+            assert str(REPO_EXT_WEIGHTS / value) in str(missing), binding
+            assert item.url in str(missing), binding
+        else:
+            assert found == REPO_EXT_WEIGHTS / value, binding
+
+
+def _tiny_16k_codec_files(directory: Path) -> None:
+    """v1-16.pth and best_netG.pt in the release layouts, with the tiny codec's shapes."""
+    from mmgin.audio import get_vocoder
+    from mmgin.audio.bigvgan import released_state_dict
+    from mmgin.audio.vae import VAE, VAE_CONFIGS
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(VAE(VAE_CONFIGS[("16k", "tiny")]).state_dict(), directory / "v1-16.pth")
+    torch.save({"generator": released_state_dict(get_vocoder("16k", size="tiny"))}, directory / "best_netG.pt")
+
+
+def test_shipped_config_finds_weights_from_another_working_directory(elsewhere, tmp_path, monkeypatch):
+    from mmgin import cli
+
+    # gin/audio/16k.gin's own bindings ('v1-16.pth', 'best_netG.pt') with the tiny codec's shapes.
+    files = ["gin/extract_audio_16k.gin", "gin/vision/tiny.gin"]
+    params = ["AudioCodec.size = 'tiny'"] + [
+        f"{name} = '{tmp_path / name.lower()}'" for name in ("AUDIO_DIR", "CAPTIONS_TSV", "CLIPS_TSV", "OUTPUT_DIR")
+    ]
+    configured = tmp_path / "configured"
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(configured))
+    with pytest.raises(MissingWeightsError) as missing:
+        cli.run(files, params, [str(cli.REPO_ROOT)], dry_run=True)
+    assert str(configured / "v1-16.pth") in str(missing.value)
+
+    _tiny_16k_codec_files(configured)
+    assert cli.run(files, params, [str(cli.REPO_ROOT)], dry_run=True) == 0
+
+
+def test_evaluate_weights_by_file_name_come_from_the_weights_dir(elsewhere, tmp_path, monkeypatch):
+    from mmgin.programs.evaluate import load_network_weights
+
+    configured = tmp_path / "configured"
+    configured.mkdir()
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(configured))
+    with pytest.raises(MissingWeightsError, match=r"Evaluate.weights=mmaudio_small_16k.pth does not exist") as missing:
+        load_network_weights("mmaudio_small_16k.pth")
+    assert "af93cde404179f58e3919ac085b8033b" in str(missing.value)
+    torch.save({"latent_mean": torch.zeros(20)}, configured / "mmaudio_small_16k.pth")
+    state, iteration = load_network_weights("mmaudio_small_16k.pth")
+    assert iteration is None and torch.equal(state["latent_mean"], torch.zeros(20))

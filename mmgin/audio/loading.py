@@ -90,13 +90,16 @@ def get_vae(
 ) -> VAE:
     """The frozen mel VAE of ``mode`` with its weight normalisation applied.
 
-    ``checkpoint`` is a bare state dict file (v1-16.pth / v1-44.pth layout). Without one, 'full'
-    loads the registered released file and 'tiny' is seeded-random.
+    ``checkpoint`` is a bare state dict file (v1-16.pth / v1-44.pth layout), found by
+    ``weights.resolve``. Without one, 'full' loads the registered released file and 'tiny' is
+    seeded-random.
     """
     _check(mode, size)
     config = VAE_CONFIGS[(mode, size)]
     if checkpoint is None and size == "full":
-        checkpoint = weights.resolve(VAE_WEIGHTS[mode])
+        checkpoint = VAE_WEIGHTS[mode]
+    if checkpoint is not None:
+        checkpoint = weights.resolve(checkpoint)
     if checkpoint is None:
         vae = VAE(config, with_encoder=with_encoder)
         std = {n: 1.0 for n, p in vae.named_parameters() if p.ndim == 3}
@@ -129,12 +132,15 @@ def get_vocoder(mode: str, checkpoint: str | os.PathLike | None = None, size: st
 
     16k: best_netG.pt ({'generator': state dict}). 44k: the nvidia/bigvgan_v2_44khz_128band_512x
     directory (config.json + bigvgan_generator.pt) or the .pt file alone (built-in config).
-    Weight norm is folded into the conv weights at load.
+    ``checkpoint`` is found by ``weights.resolve``. Weight norm is folded into the conv weights
+    at load.
     """
     _check(mode, size)
     config = VOCODER_CONFIGS[(mode, size)]
     if checkpoint is None and size == "full":
-        checkpoint = weights.resolve(VOCODER_WEIGHTS[mode])
+        checkpoint = VOCODER_WEIGHTS[mode]
+    if checkpoint is not None:
+        checkpoint = weights.resolve(checkpoint)
     if checkpoint is None:
         vocoder = BigVGAN(config)
         std = {n: TINY_VOCODER_GAIN / math.sqrt(p[0].numel()) for n, p in vocoder.named_parameters() if p.ndim == 3}

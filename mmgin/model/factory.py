@@ -8,6 +8,7 @@ from typing import Any
 import gin
 import torch
 
+from mmgin import weights
 from mmgin.model.network import VARIANTS, MMAudio
 from mmgin.model.sequence import SequenceConfig
 
@@ -34,13 +35,8 @@ def network_kwargs(name: str, duration: float = 8.0) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a released network file: a bare state dict, tensors only (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"network checkpoint {path} does not exist; download the released weights "
-            "(mmaudio_<name>.pth) or point checkpoint= at a training snapshot"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path = weights.resolve(path)
+    state = weights.load(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(
             f"{path} is not a bare state dict of tensors (the released network format); "

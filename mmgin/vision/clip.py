@@ -76,7 +76,8 @@ def _hf_cached_checkpoint() -> Path | None:
 
 
 def default_clip_checkpoint() -> Path:
-    """ext_weights/open_clip_pytorch_model.bin if present, else the Hugging Face cache copy."""
+    """open_clip_pytorch_model.bin in the weights directory if present, else the Hugging Face
+    cache copy."""
     try:
         return weights.resolve(CLIP_WEIGHTS)
     except weights.MissingWeightsError as missing:
@@ -217,15 +218,20 @@ def get_clip(
 ) -> ClipEncoder:
     """A frozen CLIP encoder in eval mode.
 
-    'full' loads ``checkpoint`` (default: ext_weights/open_clip_pytorch_model.bin, else the
-    offline Hugging Face cache of apple/DFN5B-CLIP-ViT-H-14-384) and ``empty_string_path``
-    (default: ext_weights/empty_string.pth when present, else computed from the model).
-    'tiny' is seeded-random unless a checkpoint of its own shapes is given.
+    'full' loads ``checkpoint`` (default: open_clip_pytorch_model.bin in the weights directory,
+    else the offline Hugging Face cache of apple/DFN5B-CLIP-ViT-H-14-384) and
+    ``empty_string_path`` (default: empty_string.pth in the weights directory when present, else
+    computed from the model). Given files are found by ``weights.resolve``. 'tiny' is
+    seeded-random unless a checkpoint of its own shapes is given.
     """
     if checkpoint is None and size == "full":
         checkpoint = default_clip_checkpoint()
+    elif checkpoint is not None:
+        checkpoint = weights.resolve(checkpoint)
     state = load_open_clip_state_dict(checkpoint) if checkpoint is not None else None
     if empty_string_path is None and size == "full":
         empty_string_path = weights.find(EMPTY_STRING_WEIGHTS)
+    elif empty_string_path is not None:
+        empty_string_path = weights.resolve(empty_string_path)
     empty = load_empty_string(empty_string_path) if empty_string_path is not None else None
     return build_clip(state, size, empty, frame_batch, device, source=str(checkpoint))

@@ -323,10 +323,13 @@ def get_synchformer(
 ) -> Synchformer:
     """A frozen Synchformer visual encoder in eval mode.
 
-    'full' loads ``checkpoint`` (default: ext_weights/synchformer_state_dict.pth, via
-    mmgin.weights); 'tiny' is seeded-random unless a checkpoint of its own shapes is given.
+    'full' loads ``checkpoint`` (default: synchformer_state_dict.pth in the weights directory),
+    found by ``weights.resolve``; 'tiny' is seeded-random unless a checkpoint of its own shapes
+    is given.
     """
     if checkpoint is None and size == "full":
-        checkpoint = weights.resolve(SYNCHFORMER_WEIGHTS)
+        checkpoint = SYNCHFORMER_WEIGHTS
+    if checkpoint is not None:
+        checkpoint = weights.resolve(checkpoint)
     state = load_synchformer_state_dict(checkpoint) if checkpoint is not None else None
     return build_synchformer(state, size, segment_batch, device, source=str(checkpoint))
