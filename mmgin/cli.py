@@ -4,12 +4,13 @@
     torchrun --standalone --nproc_per_node=8 launch.py --gin_file=gin/large_44k.gin
 
 Config mistakes (unknown names, misspelt parameters, missing includes, required values left
-unset) stop the run before any work with a one-paragraph message naming the file and line or
-the --gin_param, instead of a traceback.
+unset, macros set but never used) stop the run before any work with a one-paragraph message
+naming the file and line or the --gin_param, instead of a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util  # noqa: F401  (gin 0.5 needs it loaded to report missing includes)
 import os
 import sys
@@ -66,6 +67,32 @@ def _required_macros() -> list[str]:
     return sorted(missing)
 
 
+def _macros() -> tuple[set[str], set[str]]:
+    """Macros the parsed config sets, and macros a binding or another macro refers to.
+
+    Gin 0.5 keeps a macro as the binding (name, 'gin.macro') in its config and a `%NAME` as a
+    reference to its `macro` configurable anywhere inside a bound value (lists, dicts, tuples).
+    """
+    config = gin.config._CONFIG  # pylint: disable=protected-access
+    defined = {name for name, selector in config if selector == "gin.macro"}
+    references = gin.config.iterate_references(config, to=gin.config.get_configurable(gin.config.macro))
+    return defined, {reference.config_key[0] for reference in references}
+
+
+def _refuse_unused_macros(record: config_record.ParsedConfig) -> None:
+    """A macro nothing refers to is almost always misspelt (GT_CAHCE) and would be ignored."""
+    defined, referenced = _macros()
+    problems = []
+    for name in sorted(defined - referenced):
+        where = record.where_set(name)
+        at = f" (set in {', '.join(where)})" if where else ""
+        nearest = difflib.get_close_matches(name, sorted(referenced), n=1)
+        hint = f"did you mean {nearest[0]}?" if nearest else f"nothing refers to %{name}; remove it"
+        problems.append(f"macro {name} is set but never used{at}; {hint}")
+    if problems:
+        raise ConfigError(" ".join(problems))
+
+
 def parse(files: Sequence[str], params: Sequence[str], search_path: Sequence[str]) -> None:
     """Parses files then params into gin's global config, turning mistakes into ConfigError."""
     import mmgin.programs  # noqa: F401  (registers every configurable before parsing)
@@ -74,6 +101,7 @@ def parse(files: Sequence[str], params: Sequence[str], search_path: Sequence[str
     for root in search_path:
         gin.add_config_file_search_path(root)
     resolved = [resolve_gin_file(f, search_path) for f in files]
+    record = config_record.ParsedConfig(resolved, list(params), [Path(p) for p in search_path])
     for path in resolved:
         try:
             gin.parse_config_file(str(path))
@@ -84,6 +112,7 @@ def parse(files: Sequence[str], params: Sequence[str], search_path: Sequence[str
             gin.parse_config(param)
         except (ValueError, KeyError, TypeError, SyntaxError, AttributeError) as e:
             raise ConfigError(f"in --gin_param={param!r}: {e}") from None
+    _refuse_unused_macros(record)
     missing = _required_macros()
     if missing:
         how = " ".join(f"--gin_param=\"{m} = ...\"" for m in missing)
@@ -92,9 +121,7 @@ def parse(files: Sequence[str], params: Sequence[str], search_path: Sequence[str
         gin.finalize()
     except ValueError as e:
         raise ConfigError(_short(str(e))) from None
-    config_record.set_current(
-        config_record.ParsedConfig(resolved, list(params), [Path(p) for p in search_path])
-    )
+    config_record.set_current(record)
 
 
 def _short(message: str) -> str:
@@ -125,13 +152,13 @@ def run(files: Sequence[str], params: Sequence[str], search_path: Sequence[str],
     with dist.session(_configured_device()):
         program = build()
         output_dir = getattr(program, "output_dir", None)
-        if dist.is_main() and output_dir is not None:
-            config_record.write_operative(Path(output_dir) / "operative_config.gin")
+        config_record.write_operative(output_dir)
         if dry_run:
             if dist.is_main():
                 print(gin.operative_config_str())
             return 0
         program.run()
+        config_record.write_operative(output_dir)
     return 0
 
 

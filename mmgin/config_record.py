@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import gin
 
-from mmgin import io
+from mmgin import dist, io
+
+OPERATIVE_CONFIG = "operative_config.gin"
 
 
 @dataclass
@@ -28,6 +31,27 @@ class ParsedConfig:
             parts.append("\n# ---- --gin_param\n" + "\n".join(self.params) + "\n")
         return "".join(parts)
 
+    def where_set(self, name: str) -> list[str]:
+        """Where `name = ...` is written ('file:line', includes followed, or the --gin_param).
+
+        Gin keeps no source location for a binding; this finds it for error messages.
+        """
+        assignment = re.compile(rf"^\s*{re.escape(name)}\s*=")
+        places = [f"{path}:{number}" for top in self.files for path, number, line in self._lines(top, set())
+                  if assignment.match(line)]
+        return places + [f"--gin_param={p!r}" for p in self.params if assignment.match(p)]
+
+    def _lines(self, path: Path, seen: set[Path]) -> Iterator[tuple[Path, int, str]]:
+        """Every line gin parses from `path`, each include's lines where it is included."""
+        if path in seen:
+            return
+        seen.add(path)
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            yield path, number, line
+            match = _INCLUDE.match(line)
+            included = self._find(match.group(1), path.parent) if match else None
+            if included is not None:
+                yield from self._lines(included, seen)
 
     def _expanded(self, path: Path, seen: set[Path]) -> str:
         if path in seen:
@@ -71,5 +95,14 @@ def write_parsed(path: Path) -> None:
     io.write_text(path, _current.text())
 
 
-def write_operative(path: Path) -> None:
-    io.write_text(path, gin.operative_config_str())
+def write_operative(output_dir: str | Path | None) -> None:
+    """Saves every binding used so far as `<output_dir>/operative_config.gin` (rank 0).
+
+    Gin lists a configurable only once it has been called, so this runs after the program is
+    built and again after each step that calls more (an optimizer, a codec, a pipeline stage).
+    A program that moved its output directory away (an extraction renames its `.partial` work
+    directory to the store) took its record along: no empty directory is made again for it.
+    """
+    if output_dir is None or not dist.is_main() or not Path(output_dir).is_dir():
+        return
+    io.write_text(Path(output_dir) / OPERATIVE_CONFIG, gin.operative_config_str())

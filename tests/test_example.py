@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import gin
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -48,6 +49,16 @@ def test_example_pipeline_runs_every_stage(tmp_path, caplog):
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert "train/samples_per_s" in scalars and not [t for t in scalars if "mfu" in t.lower()], scalars
+    # The records hold every value used: the pipeline's all of them, Train's its optimizer and
+    # schedule, recorded once built (TensorBoard's copy, written then, is already complete).
+    assert (out / "operative_config.gin").read_text() == gin.operative_config_str()
+    record = (train / "operative_config.gin").read_text()
+    for binding in ("adamw.learning_rate = 0.001", "adamw.betas = (0.9, 0.95)", "adamw.weight_decay = 1e-06",
+                    "WarmupConstantSchedule.warmup_steps = 20"):
+        assert binding in record, binding
+    logged = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert logged == "```\n" + record + "\n```"
+    assert io.load_torch(train / "checkpoints" / "ckpt_000000004.pth")["config"] == record
     assert sorted(p.name for p in (train / "ema_ckpts").glob("*.pt")) == ["0.2.pt", "0.4.pt", "1.2.pt", "1.4.pt"]
     for path in (train / "ema_final.pth", out / "ema" / "ema_sigma0.08_step4.pth"):
         weights = io.load_torch(path)

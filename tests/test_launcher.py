@@ -108,6 +108,7 @@ def test_misspelt_param_names_the_param():
 
 def test_required_values_are_all_listed(tmp_path):
     gin_file = write(tmp_path / "two.gin", "A_PATH = %gin.REQUIRED\nB_PATH = %gin.REQUIRED\n"
+                     "join_path.root = %A_PATH\njoin_path.parts = [%B_PATH]\n"
                      "include 'gin/check_distributed.gin'\n")
     result = launch(f"--gin_file={gin_file}")
     assert result.returncode == 2
@@ -125,3 +126,39 @@ def test_required_constructor_argument_is_a_config_error():
     cli.parse([], ["launch.program = @CheckDistributed()"], [str(REPO)])
     with pytest.raises(cli.ConfigError, match="output_dir"):
         cli.build()
+
+
+def test_misspelt_macro_param_is_refused_with_the_nearest_name(tmp_path):
+    result = launch("--gin_file=gin/test/check_distributed.gin", f"--gin_param=OUTPUT_DIR='{tmp_path}'",
+                    "--gin_param=OUTPUT_DRI='elsewhere'")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("mmgin: config error: macro OUTPUT_DRI is set but never used (set in "
+            "--gin_param=\"OUTPUT_DRI='elsewhere'\"); did you mean OUTPUT_DIR?") in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_misspelt_evaluate_macro_is_refused_before_required_values():
+    with pytest.raises(cli.ConfigError, match=r"macro GT_CAHCE is set but never used .*did you mean GT_CACHE\?"):
+        cli.parse(["gin/evaluate_16k.gin"], ["GT_CAHCE = 'cache'"], [str(REPO)])
+
+
+@pytest.mark.parametrize(
+    "line, hint",
+    [("OUTPTU_DIR = 'y'", "did you mean OUTPUT_DIR?"), ("SEED = 3", "nothing refers to %SEED; remove it")],
+    ids=["misspelt", "unrelated"],
+)
+def test_unused_macro_in_a_file_names_file_and_line(tmp_path, line, hint):
+    bad = write(tmp_path / "typo.gin", f"include 'gin/check_distributed.gin'\nOUTPUT_DIR = 'x'\n{line}\n")
+    name = line.split()[0]
+    with pytest.raises(cli.ConfigError) as error:
+        cli.parse([str(bad)], [], [str(REPO)])
+    assert str(error.value) == f"macro {name} is set but never used (set in {bad}:3); {hint}"
+
+
+def test_macros_used_only_by_other_macros_are_used(tmp_path):
+    """`%NAME` counts wherever it is: in another macro, nested in lists, dicts and tuples."""
+    chained = write(tmp_path / "chained.gin", "include 'gin/check_distributed.gin'\n"
+                    "ROOT = 'out'\nOUTPUT_DIR = %ROOT\nPART = 'a'\nPARTS = [{'key': (%PART,)}]\n"
+                    "join_path.parts = %PARTS\n")
+    cli.parse([str(chained)], [], [str(REPO)])
+    assert str(gin.query_parameter("%OUTPUT_DIR")) == "%ROOT"

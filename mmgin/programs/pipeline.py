@@ -41,8 +41,11 @@ class Pipeline(Program):
             dist.log_main("pipeline stage %d/%d: %s", index, len(self.stages), name)
             start = time.perf_counter()
             stage = make_stage()
-            if dist.is_main() and getattr(stage, "output_dir", None) is not None:
-                config_record.write_operative(Path(stage.output_dir) / "operative_config.gin")
+            stage_dir = getattr(stage, "output_dir", None)
+            config_record.write_operative(stage_dir)
             stage.run()
             dist.barrier()
+            # A stage may call configurables while it runs: both records hold them.
+            config_record.write_operative(stage_dir)
+            self.record_config()
             dist.log_main("pipeline stage %s done in %.1f s", name, time.perf_counter() - start)
