@@ -95,7 +95,7 @@ def test_mixture_oversamples_and_marks_modalities(stores):
     mixture = DatasetMixture(
         video_sets=[ExtractedVideoDataset(store=root / "vgg")],
         audio_sets=[ExtractedAudioDataset(store=root / "caps")],
-        oversample={"vgg": 3},
+        rates={"vgg": 3},
     )
     assert len(mixture) == 10 * 3 + 7
     loader = DistributedBatchLoader(mixture, batch_size=37, seed=0, rank=0, world_size=1, num_workers=1)
@@ -116,7 +116,7 @@ def test_mixture_oversamples_and_marks_modalities(stores):
     torch.testing.assert_close(audio_only.latent_statistics()[0],
                                audio["mean"].reshape(-1, LATENT[1]).double().mean(0).float())
     with pytest.raises(ValueError, match="not in the mixture"):
-        DatasetMixture(video_sets=[ExtractedVideoDataset(store=root / "vgg")], oversample={"vggsound": 5})
+        DatasetMixture(video_sets=[ExtractedVideoDataset(store=root / "vgg")], rates={"vggsound": 5})
 
 
 def test_without_drop_last_ranks_get_equal_batches_covering_everything(stores):
