@@ -30,7 +30,9 @@ FAST = ["NETWORK = 'tiny_16k'", "FlowMatching.num_steps = 1", "Evaluate.batch_si
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     """tiny_16k saved as a bare state dict, the released network format."""
-    network = get_network("tiny_16k", latent_mean=torch.zeros(20), latent_std=torch.full((20,), 0.5))
+    null_text = torch.randn(77, 1024, generator=torch.Generator().manual_seed(0))
+    network = get_network("tiny_16k", latent_mean=torch.zeros(20), latent_std=torch.full((20,), 0.5),
+                          empty_string_feat=null_text)
     path = tmp_path_factory.mktemp("weights") / "mmaudio_tiny_16k.pth"
     io.save_torch(network.state_dict(), path)
     return path

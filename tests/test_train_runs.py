@@ -165,7 +165,7 @@ def test_fine_tuning_from_a_released_format_file(example_workspace, tmp_path):
     # a training checkpoint also serves as Train.weights: its network part is taken
     from_checkpoint = ckpt.network_weights(ckpt.list_checkpoints(out)[0])
     assert all(torch.equal(v, state["network"][k]) for k, v in from_checkpoint.items())
-    with pytest.raises(ckpt.CheckpointError, match="neither a released network file"):
+    with pytest.raises(ckpt.CheckpointError, match="neither a network file"):
         io.save_torch({"iteration": 3}, tmp_path / "other.pth")
         ckpt.network_weights(tmp_path / "other.pth")
 

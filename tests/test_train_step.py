@@ -16,7 +16,8 @@ B, L, C = 6, 250, 20
 
 def tiny_network():
     torch.manual_seed(0)
-    return get_network("tiny_16k", latent_mean=torch.zeros(C), latent_std=torch.ones(C))
+    return get_network("tiny_16k", latent_mean=torch.zeros(C), latent_std=torch.ones(C),
+                       empty_string_feat=torch.zeros(77, 1024))
 
 
 def batch(video_exist=(True,) * B, text_exist=(True,) * B):

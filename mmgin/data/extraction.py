@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmgin import dist
+from mmgin.data import null_text
 from mmgin.data.store import StoreError, StorePaths, is_complete, is_vacant
 from mmgin.data import tsv as tsv_io
 from mmgin.data.store_writer import FAILURE_COLUMNS, PENDING, Plan, StoreWriter, Summary
@@ -111,6 +112,7 @@ class Extraction:
     decoder: RowDecoder
     encode_batch: BatchEncoder
     encode_text: TextEncoder
+    encode_null_text: Callable[[], torch.Tensor]
     batch_size: int = 16
     text_batch_size: int = 64
     num_workers: int = 8
@@ -134,6 +136,8 @@ class Extraction:
                     self._encode_rows(writer, rows)
                 finally:
                     writer.close()
+        if dist.is_main() and (state != "finalizing" or not null_text.record_path(writer.work).is_file()):
+            null_text.write(writer.work, self.encode_null_text())
         dist.barrier()
         summary = writer.finalize(self.overwrite) if dist.is_main() else None
         dist.barrier()
@@ -233,6 +237,14 @@ def encode_captions(clip, captions: list[str], bf16: bool) -> torch.Tensor:
     device = dist.info().device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         return clip.encode_text(captions).float()
+
+
+def encode_null_text(clip, bf16: bool) -> torch.Tensor:
+    """(1, 77, D) float32, the store's null-text record (see mmgin.data.null_text): the released
+    empty_string.pth when the encoder loaded it, else '' encoded exactly as the captions are."""
+    device = dist.info().device
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return clip.empty_string_feature().float().cpu()
 
 
 def stop_if_nothing_planned(plan: Plan, store: Path, what: str) -> None:

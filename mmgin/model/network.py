@@ -7,7 +7,7 @@ released `mmaudio_*.pth` files load strictly and reproduce the reference outputs
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import gin
 import torch
@@ -166,13 +166,14 @@ class MMAudio(nn.Module):
             MMDitSingleBlock(d, num_heads, mlp_ratio, kernel_size=3) for _ in range(fused_depth)
         )
 
-        # NaN until dataset statistics or a checkpoint provide them.
+        # NaN until dataset statistics (latents) or the stores' null-text record (the text
+        # encoder's encoding of '') or a checkpoint provide them: never silently zeros.
         if latent_mean is None:
             latent_mean = torch.full((latent_dim,), float("nan"))
         if latent_std is None:
             latent_std = torch.full((latent_dim,), float("nan"))
         if empty_string_feat is None:
-            empty_string_feat = torch.zeros(text_seq_len, text_dim)
+            empty_string_feat = torch.full((text_seq_len, text_dim), float("nan"))
         self.latent_mean = nn.Parameter(latent_mean.reshape(1, 1, latent_dim), requires_grad=False)
         self.latent_std = nn.Parameter(latent_std.reshape(1, 1, latent_dim), requires_grad=False)
         self.empty_string_feat = nn.Parameter(
@@ -233,6 +234,41 @@ class MMAudio(nn.Module):
             self.register_buffer(name, table, persistent=False)
         freqs = self.t_embed.compute_freqs()
         self.t_embed.freqs = freqs if device.type == "meta" else freqs.to(device)
+
+    def released_tables(self) -> dict[str, torch.Tensor]:
+        """The recomputed tables a released file of this variant stores (and its loader drops):
+        the RoPE tables in v1 files, the timestep frequencies in v2 files; CPU float32."""
+        if self.v2:
+            return {"t_embed.freqs": self.t_embed.compute_freqs()}
+        head_dim = self.hidden_dim // self.num_heads
+        return {
+            "latent_rot": rope_rotations(self._latent_seq_len, head_dim),
+            "clip_rot": rope_rotations(
+                self._clip_seq_len, head_dim, freq_scaling=1.0 * self._latent_seq_len / self._clip_seq_len
+            ),
+        }
+
+    def released_state_dict(self, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``state`` (default: this network's weights) in the released file's exact layout.
+
+        The released mmaudio_*.pth files hold, besides the weights, the tables the reference's
+        loader drops: v1 files the RoPE tables right after ``empty_sync_feat``, the v2 file the
+        timestep frequencies right before ``t_embed.mlp.0.weight``. Writing them too makes the
+        keys, order, shapes and dtypes equal to the released files', for tools that compare them.
+        """
+        state = self.state_dict() if state is None else state
+        tables = self.released_tables()
+        anchor = "t_embed.mlp.0.weight" if self.v2 else "empty_sync_feat"
+        released: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if self.v2 and key == anchor:
+                released.update(tables)
+            released[key] = value.detach()
+            if not self.v2 and key == anchor:
+                released.update(tables)
+        if len(released) != len(state) + len(tables):
+            raise KeyError(f"the state dict has no {anchor!r}: it is not this network's")
+        return released
 
     def update_seq_lengths(self, latent_seq_len: int, clip_seq_len: int, sync_seq_len: int) -> None:
         """Adapts the network to another clip duration (see SequenceConfig.for_mode)."""

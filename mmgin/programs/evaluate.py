@@ -1,6 +1,6 @@
 """Evaluate: generate audio with a trained network, write flac (and mp4) files, score them.
 
-    python launch.py --gin_file=gin/evaluate_16k.gin --gin_param="WEIGHTS='weights/mmaudio_small_16k.pth'" \
+    python launch.py --gin_file=gin/evaluate_16k.gin --gin_param="WEIGHTS='mmaudio_small_16k.pth'" \
         --gin_param="OUTPUT_DIR='output/eval'" --gin_param="Evaluate.store='data/vgg-test'"
     torchrun --standalone --nproc_per_node=8 launch.py --gin_file=gin/evaluate_44k.gin ...
 """
@@ -32,6 +32,7 @@ from mmgin.media.write import write_audio
 from mmgin.model import FlowMatching, MMAudio, SequenceConfig, network_kwargs
 from mmgin.model.network import VARIANTS
 from mmgin.programs.base import Program
+from mmgin.weights import MissingWeightsError, resolve as resolve_weights
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
 
@@ -39,18 +40,21 @@ AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none":
 def load_network_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
     """Network tensors and the training iteration (None if unknown) from any weights file.
 
-    Accepts a released file or a synthesized EMA (a bare state dict), or an mmgin training
-    checkpoint (its online `network` weights).
+    Accepts a released file or a synthesized EMA (a bare state dict), or a training checkpoint
+    (mmgin's online `network` weights, or the reference's <exp>_ckpt_last.pth `weights`). `path` is found by `mmgin.weights.resolve`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Evaluate.weights={path} does not exist; give a released mmaudio_<name>.pth, an EMA "
-            "file written by SynthesizeEMA, or a training checkpoint (checkpoints/ckpt_*.pth)"
-        )
+    try:
+        path = resolve_weights(path)
+    except MissingWeightsError as missing:
+        raise MissingWeightsError(
+            f"Evaluate.weights={path} does not exist: give a released mmaudio_<name>.pth, an EMA "
+            f"file written by SynthesizeEMA, or a training checkpoint (checkpoints/ckpt_*.pth).\n{missing}"
+        ) from None
     state = io.load_torch(path)
     if isinstance(state, dict) and "network" in state and "iteration" in state:
         return state["network"], int(state["iteration"])
+    if isinstance(state, dict) and "weights" in state and "it" in state:  # reference <exp>_ckpt_last.pth
+        return state["weights"], int(state["it"])
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
         return state, None
     raise ValueError(
@@ -63,6 +67,12 @@ def build_network(name: str, weights: str | Path, duration: float, device: torch
                   ) -> tuple[MMAudio, int | None]:
     """The network `name` holding `weights`, in eval mode on `device`."""
     state, iteration = load_network_weights(weights)
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:  # e.g. a network saved before any statistics or null text were set: it would give NaN
+        raise ValueError(
+            f"Evaluate.weights={weights} holds non-finite values in {', '.join(bad[:5])}: it is not a "
+            "trained network (give ema_final.pth, a training checkpoint or a released file)"
+        )
     with torch.device("meta"):
         network = MMAudio(**network_kwargs(name, duration))
     try:
@@ -212,6 +222,7 @@ class Evaluate(Program):
                 written += 1
                 if self.write_videos and (self.videos_per_batch is None or n < self.videos_per_batch):
                     self._mux(source, item_id, wav, codec.sampling_rate, failures)
+        self.record_config()  # the network, codec and (on the first batch) the encoders are built
 
         totals = dist.all_gather_objects({"written": written, "failures": [vars(f) for f in failures]})
         # Only rank 0 scores; the others leave now instead of waiting in a collective that

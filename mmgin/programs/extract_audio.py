@@ -21,6 +21,7 @@ from mmgin import dist
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import (
     encode_captions,
+    encode_null_text,
     stop_if_nothing_planned,
     Extraction,
     StageTimes,
@@ -173,6 +174,9 @@ class ExtractAudioFeatures(Program):
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         return encode_captions(self.clip, captions, self.bf16)
 
+    def encode_null_text(self) -> torch.Tensor:
+        return encode_null_text(self.clip, self.bf16)
+
     def run(self) -> None:
         if skip_if_complete(self.store, self.overwrite):
             discard_empty_workdir(self.store)
@@ -188,7 +192,7 @@ class ExtractAudioFeatures(Program):
             self.sequence.sampling_rate, self.sequence.num_audio_samples,
         )
         extraction = Extraction(
-            self.store, plan, decoder, self.encode_batch, self.encode_text,
+            self.store, plan, decoder, self.encode_batch, self.encode_text, self.encode_null_text,
             self.batch_size, self.text_batch_size, self.num_workers, self.overwrite, self.times,
         )
         summary = extraction.run()

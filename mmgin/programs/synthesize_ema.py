@@ -26,7 +26,9 @@ class SynthesizeEMA(Program):
 
     `snapshot_sigma_rels` names the profiles of reference snapshots, which do not record them
     (mmgin's do, in profiles.json). With `network` (a factory, e.g. `@get_network`), the result
-    is loaded strictly into it first, so a mismatch stops here rather than at inference.
+    is loaded strictly into it first, so a mismatch stops here rather than at inference, and is
+    written in the released file's exact layout (with the tables released files store); without
+    it, the file lacks only those tables, which every loader recomputes.
     """
 
     def __init__(
@@ -55,7 +57,9 @@ class SynthesizeEMA(Program):
         step = self.step if self.step is not None else max(s.step for s in snapshots)
         weights = ema_lib.synthesize(snapshots, self.sigma_rel, step)
         if self.network is not None:
-            self.network().load_weights(weights)
+            network = self.network()
+            network.load_weights(weights)
+            weights = network.released_state_dict(weights)
         name = self.output_name or f"ema_sigma{self.sigma_rel:g}_step{step}.pth"
         path = self.output_dir / name
         io.save_torch(weights, path)

@@ -8,7 +8,8 @@ What a run writes under its output directory:
     config.gin, operative_config.gin   what was parsed / what was used
     checkpoints/ckpt_<it>.pth           the last two training checkpoints (exact resume)
     ema_ckpts/<profile>.<step>.pt       post-hoc EMA snapshots (+ profiles.json)
-    ema_final.pth                       the EMA at final_ema_sigma_rel, released format
+    ema_final.pth                       the EMA at final_ema_sigma_rel, in the released file's exact
+                                        layout (keys, order, shapes, dtypes of mmaudio_*.pth)
     samples/<it>/<id>.flac              generated validation audio (+ metrics.json with a hook)
     tensorboard/                        event files, tags below
 
@@ -28,6 +29,7 @@ TensorBoard tags (rank 0; scalars unless noted):
     sample/<k>/audio, sample/<k>/mel           generated audio of validation item k, its mel image
     sample/<k>/audio_gt, sample/<k>/mel_gt     the item's ground truth (decoded VAE mean)
     config                   text: the operative gin config
+    data/mixture             text: the training mixture (rows, rates, shares per store)
     <hook tag>/<metric>      evaluation metrics written by the evaluation hook (e.g. val/FD-VGG)
 """
 
@@ -47,6 +49,7 @@ from torch.utils.data import Dataset
 
 from mmgin import dist, io
 from mmgin.audio import AudioCodec
+from mmgin.data import null_text
 from mmgin.data.loader import DistributedBatchLoader
 from mmgin.media.write import write_audio
 from mmgin.model import FlowMatching, MMAudio
@@ -54,6 +57,7 @@ from mmgin.model.flops import training_flops_per_sample
 from mmgin.programs.base import Program
 from mmgin.train import checkpoint as ckpt
 from mmgin.train import ema as ema_lib
+from mmgin.train import reference_run
 from mmgin.train.batches import MicroBatchSource, accumulation_steps, to_device
 from mmgin.train.metrics import Throughput, Writer, format_duration, peak_flops
 from mmgin.train.optim import WarmupStepSchedule, adamw
@@ -75,7 +79,9 @@ class Train(Program):
     `batch_size` is the GLOBAL batch; `micro_batch_size` (per GPU) with gradient accumulation
     keeps it on fewer or smaller GPUs. A run restarted in the same output_dir resumes from its
     newest readable checkpoint; `checkpoint=` resumes from a given file; `weights=` starts
-    from a released mmaudio_*.pth (fine-tuning) or the network of a training checkpoint.
+    from the network of any weights file or training checkpoint (released mmaudio_*.pth for
+    fine-tuning, the reference's files too); `continue_reference_run=` continues a run of the
+    reference trainer from its <exp>_ckpt_last.pth (mmgin.train.reference_run says what carries over).
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class Train(Program):
         keep_checkpoints: int = 2,
         checkpoint: str | Path | None = None,
         weights: str | Path | None = None,
+        continue_reference_run: str | Path | None = None,
         log_every: int = 200,
         val_every: int = 5000,
         val_batch_size: int | None = None,
@@ -177,6 +184,11 @@ class Train(Program):
         self.keep_checkpoints = keep_checkpoints
         self.checkpoint = checkpoint
         self.weights = weights
+        self.continue_reference_run = continue_reference_run
+        chosen = [n for n, v in (("checkpoint", checkpoint), ("weights", weights),
+                                 ("continue_reference_run", continue_reference_run)) if v is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set one of Train.{', Train.'.join(chosen)}: each says where the run starts")
         self.log_every = log_every
         self.val_every = val_every
         self.val_batch_size = val_batch_size or self.micro_batch_size
@@ -217,6 +229,8 @@ class Train(Program):
         found = ckpt.load_latest(self.output_dir)
         if found is not None:
             dist.log_main("resuming from %s", found[0])
+            if self.continue_reference_run is not None:
+                dist.log_main("Train.continue_reference_run is not used: this run already continued it")
             return found[1]
         return None
 
@@ -239,14 +253,54 @@ class Train(Program):
         dist.log_main("latent statistics from the training data: mean %s, std %s",
                       [round(x, 4) for x in mean.tolist()[:4]], [round(x, 4) for x in std.tolist()[:4]])
 
+    def _null_text_records(self, datasets: Sequence[Dataset]) -> list[tuple[Path, torch.Tensor | None]]:
+        """(store, null-text record or None) of each dataset that reads a feature store."""
+        text_shape = tuple(self.network.empty_string_feat.shape)
+        stores = [d.store.memmap_dir for d in datasets if getattr(d, "store", None) is not None]
+        return [(path, null_text.read(path, text_shape)) for path in stores]
+
+    def _set_null_text(self) -> None:
+        """A network built from scratch takes its 'no text' feature from the stores' record.
+
+        All training stores must record the same one (and the validation store, if it records
+        one). Released weights and checkpoints keep their own: a store recording another one
+        is then worth a warning (fine-tuning on features of another text encoder).
+        """
+        network = self.network
+        training = self._null_text_records(getattr(self.train_dataset, "datasets", [self.train_dataset]))
+        validation = self._null_text_records([self.val_dataset] if self.val_dataset is not None else [])
+        if torch.isfinite(network.empty_string_feat).all():
+            own = network.empty_string_feat.detach().cpu()
+            differing = [str(p) for p, v in training + validation if v is not None and not torch.equal(v, own)]
+            if differing:
+                logging.warning("the null text of the network's weights differs from the record of %s: "
+                                "their text features may come from another text encoder", ", ".join(differing))
+            return
+        if not training:
+            raise ValueError(
+                "the network has no null-text feature and Train.train_dataset reads no feature store "
+                "to take it from; train on stores, or start from weights that carry it"
+            )
+        value = null_text.agreed(training)
+        recorded = [(p, v) for p, v in validation if v is not None]
+        null_text.agreed(training[:1] + recorded)
+        with torch.no_grad():
+            network.empty_string_feat.copy_(value)
+        dist.log_main("null-text feature from the stores' record (%s)", null_text.FILE_NAME)
+
     def _build(self, resume: dict[str, Any] | None) -> None:
         info = dist.info()
+        reference = None
         if resume is not None:
             self.network.load_weights(resume["network"])
         elif self.weights is not None:
             dist.log_main("initialising the network from Train.weights=%s", self.weights)
             self.network.load_weights(ckpt.network_weights(self.weights))
+        elif self.continue_reference_run is not None:
+            reference = reference_run.load(self.continue_reference_run)
+            reference_run.load_weights(self.network, reference, Path(self.continue_reference_run))
         self._set_latent_statistics()
+        self._set_null_text()
         self.network.to(self.device).train()
         if self.codec is not None:
             self.codec.to(self.device)
@@ -276,6 +330,8 @@ class Train(Program):
             )
         if resume is not None:
             self._restore(resume)
+        elif reference is not None:
+            reference_run.continue_from(self.trainer, reference, Path(self.continue_reference_run))
 
     def _restore(self, state: dict[str, Any]) -> None:
         info = dist.info()
@@ -406,9 +462,15 @@ class Train(Program):
     def _train(self) -> None:
         resume = self._resume_state()
         self._build(resume)
+        self.record_config()
         trainer = self.trainer
         writer = Writer(self.output_dir / TENSORBOARD_DIR)
         writer.text("config", "```\n" + gin.operative_config_str() + "\n```")
+        describe = getattr(self.train_dataset, "describe", None)
+        if describe is not None:  # what the run trains on: rows, rates and shares per store
+            mixture = describe()
+            dist.log_main("%s", mixture)
+            writer.text("data/mixture", "```\n" + mixture + "\n```")
         flops = training_flops_per_sample(self.network) if dist.is_main() else None
         peak = peak_flops(self.device, self.precision, self.peak_tflops)
         dist.log_main(
@@ -447,7 +509,7 @@ class Train(Program):
             if self.final_ema_sigma_rel is not None:
                 snapshots = ema_lib.find_snapshots(self.output_dir / EMA_DIR)
                 weights = ema_lib.synthesize(snapshots, self.final_ema_sigma_rel, ema.step)
-                io.save_torch(weights, self.output_dir / "ema_final.pth")
+                io.save_torch(self.network.released_state_dict(weights), self.output_dir / "ema_final.pth")
                 logging.info("wrote %s (EMA sigma_rel %s at step %d)", self.output_dir / "ema_final.pth",
                              self.final_ema_sigma_rel, ema.step)
         dist.barrier()

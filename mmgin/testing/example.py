@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from mmgin.data import null_text
 from mmgin.data.store import StoreFormat
 from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
 
@@ -91,9 +92,13 @@ def write_synthetic_store(
     seed: int = 0,
     id_prefix: str | None = None,
     overwrite: bool = False,
+    null_text_seed: int | None = 0,
 ) -> dict[str, torch.Tensor]:
     """A finished store of random features (``kind`` 'video' or 'audio'); returns the float32
-    features per row (text per row), as written before any storage-dtype rounding."""
+    features per row (text per row), as written before any storage-dtype rounding.
+
+    The store records a random null text drawn from ``null_text_seed`` (one value for every
+    store by default, as if one text encoder made them all); None writes no record."""
     generator = torch.Generator().manual_seed(seed)
     captions = list(captions) if captions is not None else [f"caption {i % 3}" for i in range(num_rows)]
     prefix = id_prefix if id_prefix is not None else f"{kind}{seed}_"
@@ -114,5 +119,8 @@ def write_synthetic_store(
     writer.write_text(list(range(len(distinct))), table)
     writer.write_rows(list(range(num_rows)), features)
     writer.close()
+    if null_text_seed is not None:
+        null_generator = torch.Generator().manual_seed(null_text_seed)
+        null_text.write(writer.work, torch.randn((1, 77, 1024), generator=null_generator))
     writer.finalize(overwrite)
     return features

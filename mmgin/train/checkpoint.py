@@ -16,6 +16,7 @@ import torch
 from absl import logging
 
 from mmgin import dist, io
+from mmgin import weights as weight_files
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^ckpt_(\d{9})\.pth$")
@@ -116,16 +117,25 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Network weights from a released file (bare state dict) or a training checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Train.weights={path} does not exist")
+    """Network weights from any file that holds them.
+
+    A bare state dict (released mmaudio_*.pth, the reference's <exp>_last.pth and
+    <exp>_ema_final.pth, mmgin's ema_final.pth and exports), an mmgin training checkpoint
+    ('network') or a reference training checkpoint (<exp>_ckpt_last.pth: 'weights').
+    """
+    try:
+        path = weight_files.resolve(path)
+    except weight_files.MissingWeightsError as missing:
+        raise CheckpointError(f"Train.weights={path} does not exist.\n{missing}") from None
     state = io.load_torch(path)
     if isinstance(state, dict) and "network" in state and "iteration" in state:
         return state["network"]
+    if isinstance(state, dict) and "weights" in state and "it" in state:
+        return state["weights"]
     if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
         return state
     raise CheckpointError(
-        f"Train.weights={path} is neither a released network file (a bare state dict) nor an "
-        "mmgin training checkpoint"
+        f"Train.weights={path} is neither a network file (a bare state dict: released "
+        "mmaudio_*.pth, <exp>_last.pth, ema_final.pth) nor a training checkpoint (mmgin's, or the "
+        "reference's <exp>_ckpt_last.pth)"
     )

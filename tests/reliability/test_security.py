@@ -125,7 +125,8 @@ def test_evaluation_outputs_named_by_hostile_ids_stay_in_their_folders(example_w
     for target in (sources / "video_000.mp4", sources / "a" / "b.mp4", sources / "../../evil.mp4"):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(video.read_bytes())
-    network = get_network("tiny_16k", latent_mean=torch.zeros(20), latent_std=torch.full((20,), 0.5))
+    network = get_network("tiny_16k", latent_mean=torch.zeros(20), latent_std=torch.full((20,), 0.5),
+                          empty_string_feat=torch.zeros(77, 1024))
     weights = tmp_path / "mmaudio_tiny_16k.pth"
     io.save_torch(network.state_dict(), weights)
     out = work / "eval"
