@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from mmgin.data import null_text
 from mmgin.data import tsv as tsv_io
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
-from mmgin.data.store import FeatureStore, StoreError, StoreFormat
-from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
+from mmgin.data.store import FeatureStore, StoreError, StoreFormat, StorePaths
+from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter, append_plan, input_changes
 from mmgin.testing.example import write_synthetic_store
 
 
@@ -201,3 +203,100 @@ def test_finalisation_killed_during_its_cleanup_resumes(tmp_path, monkeypatch):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
     assert files(tmp_path / "killed") == files(tmp_path / "reference")
+
+
+def _append_to(store: Path, new_labels: list[str]) -> StoreWriter:
+    """A writer appending rows n0, n1, ... (labels ``new_labels``) to ``store``, row n1 failed,
+    killed once after the first new row ("dies"), then resumed; ready to finalise."""
+    stored = tsv_io.read_table(StorePaths(store).tsv)
+    rows = [PlannedRow(dict(r), r["label"], f"/media/{r['id']}.mp4") for r in stored]
+    rows += [PlannedRow({"id": f"n{i}", "label": label}, label, f"/media/n{i}.mp4") for i, label in enumerate(new_labels)]
+    plan = Plan(("id", "label"), rows, {"mean": (4, 2), "std": (4, 2), "clip_features": (64, 1024),
+                                        "sync_features": (192, 768)}, (77, 1024), StoreFormat.reference())
+    changes = input_changes(plan, stored, [])
+    assert [r.id for r in changes.new_rows] == [f"n{i}" for i in range(len(new_labels))] and changes.gone == 0
+    appending = append_plan(store, plan, changes, [])
+    features = {k: torch.randn((len(new_labels),) + s, generator=torch.Generator().manual_seed(5))
+                for k, s in plan.row_shapes.items()}
+    first = StoreWriter(store, appending)
+    assert first.prepare() == "new"
+    first.open()
+    first.write_rows([0], {k: v[:1] for k, v in features.items()})
+    first.close()
+    resumed = StoreWriter(store, appending)
+    assert resumed.prepare() == "resume"
+    resumed.open()
+    resumed.fail_row(1, "unreadable", "cannot decode")
+    resumed.write_rows([2], {k: v[2:] for k, v in features.items()})
+    resumed.write_text(list(range(len(resumed.captions))), torch.ones(len(resumed.captions), 77, 1024))
+    resumed.close()
+    null_text.write(resumed.work, null_text.read(store))
+    return resumed
+
+
+@pytest.mark.parametrize("killed_at", [None, "renaming the merged files", "writing the table"])
+def test_append_keeps_the_stores_rows_and_resumes(tmp_path, monkeypatch, killed_at):
+    """Append in the reference layout (a text feature per row): the store's rows bit for bit,
+    then the new ones; one killed finalisation (after the merge, after the store was moved
+    aside) resumes to the same files, and nothing is left beside the store."""
+    store = tmp_path / "set"
+    old = write_synthetic_store(store, "video", 3, latent_shape=(4, 2), captions=["dog", "cat", "dog"],
+                                store_format=StoreFormat.reference(), id_prefix="v")
+    writer = _append_to(store, ["cat", "bird", "owl"])
+    if killed_at is not None:
+        replace, write_table = os.replace, tsv_io.write_table
+
+        def kill_rename(source, target):
+            if str(source).endswith(".merging"):
+                raise SystemExit("killed")
+            replace(source, target)
+
+        def kill_table(path, *args):
+            if Path(path) == StorePaths(store).tsv:
+                raise SystemExit("killed")
+            write_table(path, *args)
+
+        if killed_at == "renaming the merged files":
+            monkeypatch.setattr("mmgin.data.store_writer.os.replace", kill_rename)
+        else:
+            monkeypatch.setattr("mmgin.data.store_writer.tsv_io.write_table", kill_table)
+        with pytest.raises(SystemExit):
+            writer.finalize()
+        monkeypatch.undo()
+        writer = StoreWriter(store, writer.plan)
+        assert writer.prepare() == "resume"
+    summary = writer.finalize()
+    assert summary.rows == 5 and summary.appended == 2 and summary.failed == {"unreadable": 1}
+    opened = FeatureStore.open(store)
+    assert opened.ids == ["v0000", "v0001", "v0002", "n0", "n2"]
+    td = TensorDict.load_memmap(store)
+    for key in ("mean", "clip_features", "text_features"):
+        assert torch.equal(td[key][:3], old[key]), key
+    assert torch.equal(td["text_features"][3:], torch.ones(2, 77, 1024))
+    assert tsv_io.read_table(StorePaths(store).failures) == [{"id": "n1", "path": "/media/n1.mp4", "reason": "unreadable"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set", "set.failures.tsv", "set.tsv"]
+    assert sorted(p.name for p in store.iterdir()) == sorted(
+        ["meta.json", "empty_string.pth"] + [f"{k}.memmap" for k in td.keys()])
+
+
+def test_append_to_a_deduplicated_store_shifts_the_new_text_indices(tmp_path):
+    store = tmp_path / "set"
+    old = write_synthetic_store(store, "video", 3, latent_shape=(4, 2), captions=["dog", "cat", "dog"], id_prefix="v")
+    with pytest.raises(StoreError, match="laid out with feature_dtype='bfloat16', dedup_text=True"):
+        _append_to(store, ["cat"])  # configured for the reference layout
+    stored = tsv_io.read_table(StorePaths(store).tsv)
+    plan = Plan(("id", "label"), [PlannedRow({"id": "n0", "label": "owl"}, "owl", "/media/n0.mp4")],
+                {"mean": (4, 2), "std": (4, 2), "clip_features": (64, 1024), "sync_features": (192, 768)},
+                (77, 1024), StoreFormat())
+    writer = StoreWriter(store, append_plan(store, plan, input_changes(plan, stored, []), []))
+    writer.prepare()
+    writer.open()
+    writer.write_rows([0], {k: torch.zeros((1,) + s) for k, s in plan.row_shapes.items()})
+    writer.write_text([0], torch.ones(1, 77, 1024))
+    writer.close()
+    writer.finalize()
+    opened = FeatureStore.open(store)
+    rows = opened.read(torch.arange(4))
+    assert torch.equal(rows["text_features"][:3], old["text_features"].bfloat16().float())
+    assert torch.equal(rows["text_features"][3], torch.ones(77, 1024))
+    assert TensorDict.load_memmap(store)["text_index"].tolist() == [0, 1, 0, 2]

@@ -147,3 +147,11 @@ def test_audio_only_run_validates_on_an_audio_store_and_logs_the_mixture(example
     assert torch.isfinite(torch.tensor(loss.value))
     flacs = sorted((out / "samples" / "000000002").glob("*.flac"))
     assert len(flacs) == 2
+
+
+def test_stores_named_alike_but_for_a_dot_are_distinct_sets_with_their_own_rates(tmp_path):
+    write_synthetic_store(tmp_path / "vgg", "video", 3, seed=1)
+    write_synthetic_store(tmp_path / "vgg.v2", "video", 2, seed=2)
+    mixture = training_mixture([tmp_path / "vgg", tmp_path / "vgg.v2"], [], video_oversample=1, rates={"vgg.v2": 3})
+    assert [d.name for d in mixture.datasets] == ["vgg", "vgg.v2"]
+    assert len(mixture) == 3 + 2 * 3

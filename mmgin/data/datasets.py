@@ -62,7 +62,7 @@ class ExtractedDataset(Dataset):
                 "memmap_dir=<dir> with tsv=<file>, not both"
             )
         self.store = FeatureStore(memmap_dir, tsv) if store is None else FeatureStore.open(store)
-        self.name = name or self.store.memmap_dir.stem
+        self.name = name or self.store.memmap_dir.name  # the full name: `x` and `x.v2` differ
         if self.store.kind != self.kind:
             raise StoreError(
                 f"{self.store.memmap_dir} is a {self.store.kind} store; use "

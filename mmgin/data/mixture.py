@@ -31,7 +31,8 @@ from absl import logging
 from torch.utils.data import Dataset
 
 from mmgin.data.datasets import ExtractedDataset, collate_batches
-from mmgin.data.statistics import channel_mean_std
+from mmgin.data.statistics import NonFiniteRows, channel_mean_std
+from mmgin.data.store import StoreError
 
 MAX_PASSES = 20
 
@@ -49,7 +50,7 @@ def exact_rate(name: str, rate: float) -> Fraction:
 class DatasetMixture(Dataset):
     """Video sets first, then audio sets; ``rates`` maps a set's name to its rate (default 1).
 
-    A set's name is its store directory's stem unless the dataset was given ``name=``. The
+    A set's name is its store directory's name unless the dataset was given ``name=``. The
     global index space is the concatenation of every set repeated ``repeats`` times (its rate
     times the passes per epoch, see the module docstring); index i is a row of one set.
     """
@@ -144,8 +145,21 @@ class DatasetMixture(Dataset):
 
         As the reference, only the first video set counts (VGGSound train); a mixture without
         video sets uses its first audio set instead. Streams over the memmap in chunks.
+
+        Rows whose ``mean`` holds a NaN or an infinity are refused (a StoreError naming the
+        store, the field and the rows' ids) before training starts: they would make the
+        statistics NaN, and every update after them would be skipped.
         """
         source = (self.video_sets or self.audio_sets)[0]
         if not self.video_sets:
             logging.info("no video set in the mixture: latent statistics from %s", source.name)
-        return channel_mean_std(source.store.column("mean"), chunk_rows)
+        try:
+            return channel_mean_std(source.store.column("mean"), chunk_rows)
+        except NonFiniteRows as bad:
+            ids = [source.store.ids[i] for i in bad.rows]
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            raise StoreError(
+                f"store {source.store.memmap_dir}: field mean holds NaN or infinite values in {len(ids)} "
+                f"row(s) (ids {shown}; rows {bad.rows[:10]}); the latent statistics would be NaN. "
+                "Check those rows' media and re-extract the store (overwrite=True)"
+            ) from None

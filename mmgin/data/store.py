@@ -7,6 +7,12 @@ Layout on disk (the reference layout, so stores move between the reference and m
     <parent>/<name>.tsv                  row i of every memmap belongs to tsv row i
     <parent>/<name>.failures.tsv         written by mmgin's extractors: id, path, reason
 
+Files beside the directory are named from its full name (``x.v2/`` has ``x.v2.tsv``; the
+reference names the table from the stem, which is the same name unless the name has a dot).
+Opening a store checks meta.json and every memmap file's size against it, and each read
+checks that no file changed size since: a file truncated under a running job is a StoreError
+naming it instead of a bus error.
+
 Video stores hold ``mean``, ``std`` (VAE posterior, [N, L, C]), ``clip_features`` [N, 64, 1024],
 ``sync_features`` [N, 192, 768] and ``text_features`` [N, 77, 1024] with tsv columns id, label;
 audio stores hold ``mean``, ``std`` and ``text_features`` with columns id, caption.
@@ -41,6 +47,8 @@ TEXT_KEY = "text_features"
 TEXT_TABLE_KEY = "text_table"
 TEXT_INDEX_KEY = "text_index"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What meta.json may name: feature dtypes and the int64 text index.
+META_DTYPES = {f"torch.{name}": dtype for name, dtype in {**DTYPES, "int64": torch.int64}.items()}
 
 
 class StoreError(ValueError):
@@ -75,7 +83,8 @@ class StoreFormat:
 
 @dataclass(frozen=True)
 class StorePaths:
-    """Where a store named by its directory keeps its files."""
+    """Where a store named by its directory keeps its files: each named from the directory's
+    full name (``x.v2/`` has ``x.v2.tsv``), so no two stores in a folder share a file."""
 
     directory: Path
 
@@ -83,24 +92,48 @@ class StorePaths:
     def name(self) -> str:
         return self.directory.name
 
+    def beside(self, suffix: str) -> Path:
+        return self.directory.parent / f"{self.name}{suffix}"
+
     @property
     def tsv(self) -> Path:
-        # The reference names the table after the directory's stem, beside the directory.
-        return self.directory.parent / f"{self.directory.stem}.tsv"
+        return self.beside(".tsv")
 
     @property
     def partial(self) -> Path:
-        return self.directory.parent / f"{self.directory.name}.partial"
+        return self.beside(".partial")
 
     @property
     def failures(self) -> Path:
-        return self.directory.parent / f"{self.directory.stem}.failures.tsv"
+        return self.beside(".failures.tsv")
+
+    def refuse_stem_named(self, *files: Path) -> None:
+        """Refuses a dotted store whose file is missing while the file named from the stem
+        exists (``x.tsv`` for ``x.v2``): the reference, and mmgin before, named tables so. That
+        file may be this store's or the table of a store ``x``: pairing them silently could
+        serve one store's rows with another's features."""
+        stem = self.directory.stem
+        for path in files:
+            old = path.with_name(stem + path.name[len(self.name):])
+            if old != path and not path.exists() and old.exists():
+                raise StoreError(
+                    f"{path} of store {self.directory} is missing, but {old} exists: tables used to "
+                    f"be named from the directory's stem. If {old.name} belongs to {self.name}, rename "
+                    f"it to {path.name}; if it is the table of a store {stem}, keep it and re-extract "
+                    f"{self.name}"
+                )
+
+
+def is_store(directory: str | Path) -> bool:
+    """True for a feature store's directory (it has meta.json), finished or without its tsv:
+    the only kind of directory `overwrite=True` may replace."""
+    path = Path(directory)
+    return path.is_dir() and not path.is_symlink() and (path / "meta.json").is_file()
 
 
 def is_complete(directory: str | Path) -> bool:
     """True when a finished store (directory with meta.json, and its tsv) exists."""
-    paths = StorePaths(Path(directory))
-    return (paths.directory / "meta.json").is_file() and paths.tsv.is_file()
+    return is_store(directory) and StorePaths(Path(directory)).tsv.is_file()
 
 
 def is_vacant(directory: str | Path) -> bool:
@@ -112,6 +145,32 @@ def is_vacant(directory: str | Path) -> bool:
     return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
 
 
+def read_meta(directory: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of each tensor meta.json lists; a file that cannot be parsed, or an entry
+    without a valid shape or a known dtype, is a StoreError naming meta.json."""
+    path = Path(directory) / "meta.json"
+    fix = "copy the store again or re-extract it"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path} is unreadable ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path} is not a tensordict meta.json (a JSON object); {fix}")
+    tensors = {}
+    for key, entry in meta.items():
+        if not isinstance(entry, dict):
+            continue  # the tensordict's own fields (shape, device, _type, ...)
+        shape, name = entry.get("shape"), entry.get("dtype")
+        dtype = META_DTYPES.get(name) if isinstance(name, str) else None
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)) or dtype is None:
+            raise StoreError(
+                f"{path}: entry {key!r} has shape {shape!r} and dtype {name!r}; expected a "
+                f"list of sizes and one of {', '.join(META_DTYPES)}. {fix[0].upper()}{fix[1:]}"
+            )
+        tensors[key] = (tuple(shape), dtype)
+    return tensors
+
+
 class FeatureStore:
     """Read access to one store, in any layout; rows come back as float32 tensors.
 
@@ -121,9 +180,12 @@ class FeatureStore:
 
     def __init__(self, memmap_dir: str | Path, tsv: str | Path | None = None):
         self.memmap_dir = Path(memmap_dir)
-        self.tsv_path = Path(tsv) if tsv is not None else StorePaths(self.memmap_dir).tsv
+        paths = StorePaths(self.memmap_dir)
+        if tsv is None:
+            paths.refuse_stem_named(paths.tsv)
+        self.tsv_path = Path(tsv) if tsv is not None else paths.tsv
         self._check_exists()
-        self._check_file_sizes()
+        self._sizes: dict[Path, int] = {}
         self._td: TensorDict | None = None
         td = self._tensors()
         self.keys = tuple(sorted(td.keys()))
@@ -154,27 +216,47 @@ class FeatureStore:
                 "directory plus its tsv (copy both)"
             )
 
-    def _check_file_sizes(self) -> None:
-        """Every memmap file holds the bytes meta.json promises. Checked before mapping:
-        tensordict maps a short file by growing it with zeros, which would rewrite the store
-        and serve zeros as features."""
-        meta = json.loads((self.memmap_dir / "meta.json").read_text())
-        for key, entry in meta.items():
-            if not (isinstance(entry, dict) and "shape" in entry and "dtype" in entry):
-                continue
+    def _file_sizes(self) -> dict[Path, int]:
+        """Every memmap file holds exactly the bytes meta.json promises (checked before mapping:
+        tensordict maps a short file by growing it with zeros, which would rewrite the store and
+        serve zeros; a file of another size holds other data than meta.json describes, e.g.
+        another dtype or shape). Returns each file's size."""
+        sizes = {}
+        for key, (shape, dtype) in read_meta(self.memmap_dir).items():
             path = self.memmap_dir / f"{key}.memmap"
-            dtype = getattr(torch, entry["dtype"].removeprefix("torch."))
-            expected = math.prod(entry["shape"]) * torch.empty((), dtype=dtype).element_size()
+            expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
             size = path.stat().st_size if path.is_file() else 0
-            if size < expected:
+            if size != expected:
+                cause = ("truncated or missing (an interrupted copy?)" if size < expected else
+                         "longer than its data (another dtype or shape than meta.json says?)")
                 raise StoreError(
-                    f"{path} is {size} bytes; meta.json (shape {entry['shape']}, {entry['dtype']}) "
-                    f"expects {expected}. The file is truncated or missing (an interrupted copy?): "
-                    "copy the store again or re-extract it"
+                    f"{path} is {size} bytes; {self.memmap_dir / 'meta.json'} (shape {list(shape)}, "
+                    f"{dtype}) expects {expected}. The file is {cause}: copy the store again or re-extract it"
+                )
+            sizes[path] = size
+        return sizes
+
+    def check_files(self) -> None:
+        """Raises a StoreError naming the first memmap file whose size changed since the store
+        was opened: a file truncated under a running job would otherwise kill the reader with
+        SIGBUS (a bus error, naming nothing) at its first access past the new end."""
+        for path, size in self._sizes.items():
+            try:
+                now = path.stat().st_size
+            except OSError as e:
+                now, detail = 0, f"gone ({type(e).__name__})"
+            else:
+                detail = f"now {now} bytes"
+            if now != size:
+                raise StoreError(
+                    f"{path} of store {self.memmap_dir} is {detail}, {size} when this job opened it: "
+                    "something rewrote or truncated the store while it was being read. Stop that, "
+                    "restore the store (copy it again or re-extract), then resume the job"
                 )
 
     def _tensors(self) -> TensorDict:
         if self._td is None:
+            self._sizes = self._file_sizes()  # each process (a DataLoader worker too) checks before mapping
             self._td = TensorDict.load_memmap(self.memmap_dir)
         return self._td
 
@@ -191,6 +273,14 @@ class FeatureStore:
             raise StoreError(
                 f"store {self.memmap_dir} lacks {', '.join(missing)} (has {', '.join(self.keys)})"
             )
+        for key in self.keys:
+            allowed = _KEY_DTYPES.get(key, tuple(DTYPES.values()))
+            if td[key].dtype not in allowed:
+                raise StoreError(
+                    f"{self.memmap_dir / 'meta.json'} gives {key} dtype {td[key].dtype}; a store holds it "
+                    f"as {' or '.join(str(d) for d in allowed)}. Was meta.json edited? Copy the store "
+                    "again or re-extract it"
+                )
         n = len(self.ids)
         for key in self.row_keys:
             rows = td[key].shape[0]
@@ -227,6 +317,7 @@ class FeatureStore:
 
     def column(self, key: str) -> torch.Tensor:
         """The memory-mapped tensor of one key, in its storage dtype (not loaded into RAM)."""
+        self.check_files()
         return self._tensors()[key]
 
     def read(self, indices: torch.Tensor, as_float: bool = True) -> dict[str, torch.Tensor]:
@@ -237,6 +328,7 @@ class FeatureStore:
         Keys: ``mean``, ``std``, ``text_features`` and, for video stores, ``clip_features`` and
         ``sync_features``.
         """
+        self.check_files()
         td = self._tensors()
         indices = indices.to(torch.int64)
         out = {}
@@ -269,6 +361,9 @@ class FeatureStore:
         dtypes = sorted({str(self.dtype(k)).replace("torch.", "") for k in self.keys if k != TEXT_INDEX_KEY})
         text = "deduplicated text" if self.dedup_text else "text per row"
         return f"{self.kind} store {self.memmap_dir} ({len(self)} rows, {'/'.join(dtypes)}, {text})"
+
+
+_KEY_DTYPES = {"mean": (torch.float32,), "std": (torch.float32,), TEXT_INDEX_KEY: (torch.int64,)}
 
 
 def _row_nbytes(tensor: torch.Tensor) -> int:

@@ -14,6 +14,19 @@ and produces the same store as an uninterrupted run. Finalisation (rank 0, after
 done) drops failed rows by compacting each memmap, writes the tsv and the failure report
 atomically, writes meta.json, and renames the directory to ``<name>`` — the store only becomes
 visible when complete. Each finalisation step can be repeated after a crash.
+
+Replacing a store (``overwrite``, or an append) moves the previous one aside to
+``<name>.old-<random hex>`` (the name recorded in ``retired.txt`` inside the new store before
+the move) and removes it once the new store is published: nothing beside a store that this
+writer did not move there is ever removed, and a directory that is not a store (no meta.json)
+is never replaced.
+
+Appending (``Plan.previous``, the finished store's table rows) extracts only the new rows
+into ``<name>.partial/``, as any extraction (same blocks, resumable). Finalisation then writes
+each file as the finished store's data followed by the new rows' (``<key>.memmap.merging``;
+``merged`` marks them all complete), with the new rows' text indices shifted past the store's
+text table, and publishes the result as above: old rows bit for bit, then the new ones. The
+failure report is merged (the plan's rejected inputs start with the previous report).
 """
 
 from __future__ import annotations
@@ -21,6 +34,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import secrets
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,15 +52,20 @@ from mmgin.data.store import (
     TEXT_INDEX_KEY,
     TEXT_KEY,
     TEXT_TABLE_KEY,
+    DTYPES,
+    FeatureStore,
     StoreError,
     StoreFormat,
     StorePaths,
+    is_store,
     is_vacant,
 )
 
 PENDING, DONE, FAILED = 0, 1, 2
 FAILURE_COLUMNS = ("id", "path", "reason")
 _PLAN_VERSION = 1
+RETIRED_RECORD = "retired.txt"
+MERGED_MARKER = "merged"
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,13 @@ class Plan:
     store_format: StoreFormat
     # Inputs rejected before extraction (missing media, duplicates, no caption): id, path, reason.
     rejected: list[dict[str, str]] = field(default_factory=list)
+    # Append mode: the table rows of the finished store that ``rows`` extend (kept before them).
+    previous: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def appends(self) -> int:
+        """How many rows of a finished store this plan extends (0: a new store)."""
+        return len(self.previous)
 
     @property
     def captions(self) -> list[str]:
@@ -89,6 +116,8 @@ class Plan:
             "text_shape": list(self.text_shape),
             "format": [self.store_format.feature_dtype, self.store_format.dedup_text],
             "rejected": self.rejected,
+            # only when appending: plans saved before append mode existed still compare equal
+            **({"previous": self.previous} if self.previous else {}),
         })
 
     @classmethod
@@ -101,13 +130,14 @@ class Plan:
             text_shape=tuple(data["text_shape"]),
             store_format=StoreFormat(data["format"][0], data["format"][1]),
             rejected=data["rejected"],
+            previous=data.get("previous", []),
         )
 
     def first_difference(self, other: "Plan") -> str | None:
         """A short description of how ``other`` differs from this plan, or None if equal."""
         if self.to_json() == other.to_json():
             return None
-        for name in ("columns", "row_shapes", "text_shape", "store_format"):
+        for name in ("columns", "row_shapes", "text_shape", "store_format", "previous"):
             if getattr(self, name) != getattr(other, name):
                 return f"{name}: {getattr(self, name)} vs {getattr(other, name)}"
         if len(self.rows) != len(other.rows):
@@ -125,13 +155,95 @@ class Summary:
     rows: int
     failed: Counter
     rejected: Counter
+    appended: int | None = None  # rows added to the store, when appending
 
     def text(self) -> str:
-        parts = [f"{self.rows} rows written"]
+        parts = [f"{self.rows} rows written" if self.appended is None
+                 else f"{self.appended} rows appended ({self.rows} in the store)"]
         for title, counts in (("skipped", self.failed), ("rejected before extraction", self.rejected)):
             if counts:
                 parts.append(f"{title}: " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
         return "; ".join(parts)
+
+
+@dataclass
+class InputChanges:
+    """How the inputs of a finished store differ from what it was extracted from."""
+
+    new_rows: list[PlannedRow]  # rows to extract: ids neither in the store nor in its report
+    new_rejected: list[dict[str, str]]  # rejections not in the report yet (duplicate ids too)
+    gone: int  # rows of the store whose id is no longer in the inputs
+
+    @property
+    def new(self) -> int:
+        return len(self.new_rows) + len(self.new_rejected)
+
+    def text(self) -> str:
+        return (f"{self.new} new input rows ({len(self.new_rows)} to extract, {len(self.new_rejected)} "
+                f"rejected) and {self.gone} of its rows gone from the inputs")
+
+
+def _failure_key(record: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(record.get(column, "") for column in FAILURE_COLUMNS)
+
+
+def input_changes(plan: Plan, stored: Sequence[Mapping[str, str]], reported: Sequence[Mapping[str, str]]) -> InputChanges:
+    """Compares ``plan`` (made from the current inputs) with a finished store's table rows
+    ``stored`` and failure report ``reported``.
+
+    A planned row is known when its id is in the store with the same fields, or in the report
+    (failed rows are not retried: overwrite=True does); with other fields it is a new row
+    reusing a stored id, rejected as duplicate_id. A rejection of an id the store holds (its
+    media gone since) is not news, except a duplicate.
+    """
+    stored_by_id = {row["id"]: row for row in stored}
+    reported_keys = {_failure_key(r) for r in reported}
+    reported_ids = {r["id"] for r in reported}
+    new_rows, rejected = [], []
+    for row in plan.rows:
+        previous = stored_by_id.get(row.id)
+        if previous is None:
+            if row.id not in reported_ids:
+                new_rows.append(row)
+        elif any(previous.get(column) != row.fields[column] for column in plan.columns):
+            rejected.append({"id": row.id, "path": row.source, "reason": "duplicate_id"})
+    rejected += [r for r in plan.rejected if r["id"] not in stored_by_id or r["reason"] == "duplicate_id"]
+    inputs = {row.id for row in plan.rows} | {r["id"] for r in plan.rejected}
+    return InputChanges(new_rows, [r for r in rejected if _failure_key(r) not in reported_keys],
+                        len(set(stored_by_id) - inputs))
+
+
+def append_plan(directory: Path, plan: Plan, changes: InputChanges, reported: Sequence[Mapping[str, str]]) -> Plan:
+    """The plan that extends the finished store ``directory`` with ``changes``: the new rows to
+    extract after the store's rows; its failure report, then the new rejections. The store's
+    layout, keys and shapes must be the ones ``plan`` would write."""
+    previous = FeatureStore.open(directory)
+    dtype_names = {dtype: name for name, dtype in DTYPES.items()}
+    layout = StoreFormat(dtype_names[previous.dtype(TEXT_KEY)], previous.dedup_text)
+    if layout != plan.store_format:
+        raise StoreError(
+            f"store {directory} is laid out with feature_dtype={layout.feature_dtype!r}, "
+            f"dedup_text={layout.dedup_text}, but this extraction is configured with "
+            f"feature_dtype={plan.store_format.feature_dtype!r}, dedup_text={plan.store_format.dedup_text}; "
+            "set those to the store's to append to it"
+        )
+    shapes = dict(plan.row_shapes, **{TEXT_KEY: plan.text_shape})
+    extra = sorted(set(previous.keys) - set(shapes) - {TEXT_TABLE_KEY, TEXT_INDEX_KEY})
+    problems = [f"extra key {key}" for key in extra]
+    for key, shape in shapes.items():
+        if key != TEXT_KEY and key not in previous.keys:
+            problems.append(f"no {key}")
+        elif previous.shape(key) != tuple(shape):
+            problems.append(f"{key} rows of shape {previous.shape(key)}, expected {tuple(shape)}")
+    if problems:
+        raise StoreError(
+            f"store {directory} does not hold what this extraction writes ({'; '.join(problems)}): "
+            "is it another kind, mode or duration? Append to a store made with the same settings"
+        )
+    stored = [{plan.columns[0]: item, plan.columns[1]: text} for item, text in zip(previous.ids, previous.captions)]
+    rejected = [{c: r.get(c, "") for c in FAILURE_COLUMNS} for r in reported] + changes.new_rejected
+    return Plan(plan.columns, changes.new_rows, plan.row_shapes, plan.text_shape, plan.store_format,
+                rejected, previous=stored)
 
 
 class StoreWriter:
@@ -252,24 +364,32 @@ class StoreWriter:
                     f"{self.work}: {int((status == PENDING).sum())} rows and "
                     f"{int((text_status == PENDING).sum())} captions were not extracted; re-run"
                 )
+            replacing = overwrite or bool(self.plan.appends)
+            self._check_replaceable(replacing)  # before any file beside the store is written
             kept = torch.nonzero(status == DONE).flatten()
             failures = self._failure_records(status)
             io.write_text(self.work / "summary.json", json.dumps({
-                "rows": len(kept),
+                "rows": self.plan.appends + len(kept),
                 "failed": Counter(f["reason"] for f in failures),
                 "rejected": Counter(r["reason"] for r in self.plan.rejected),
+                "appended": len(kept) if self.plan.appends else None,
             }))
             tsv_io.write_table(self.paths.failures, FAILURE_COLUMNS, self.plan.rejected + failures)
-            if len(kept) == 0:
+            if len(kept) == 0 and not self.plan.appends:
                 raise StoreError(
                     f"no row of {self.paths.directory} could be extracted; see {self.paths.failures}"
                 )
-            self._compact(kept)
-            if not self.plan.store_format.dedup_text:
-                self._expand_text(len(kept))
-            self._write_meta(len(kept))
-            self._retire_previous(overwrite)  # before the new tsv: never pair old data with it
-            rows = [self.plan.rows[i].fields for i in kept.tolist()]
+            if not (self.work / MERGED_MARKER).is_file():
+                self._compact(kept)
+                if not self.plan.store_format.dedup_text:
+                    self._expand_text(len(kept))
+                if self.plan.appends:
+                    self._merge_previous(len(kept))
+            for merged in self.work.glob("*.memmap.merging"):
+                os.replace(merged, merged.with_suffix(""))
+            self._write_meta(self.plan.appends + len(kept))
+            self._retire_previous(replacing)  # before the new tsv: never pair old data with it
+            rows = self.plan.previous + [self.plan.rows[i].fields for i in kept.tolist()]
             tsv_io.write_table(self.paths.tsv, self.plan.columns, rows)
             # From here on only the cleanup and the rename are left: both are repeated by a
             # resumed run, which finds meta.json without plan.json ('finalizing').
@@ -278,7 +398,7 @@ class StoreWriter:
         summary_data = json.loads((self.work / "summary.json").read_text())
         self._publish()
         return Summary(summary_data["rows"], Counter(summary_data["failed"]),
-                       Counter(summary_data["rejected"]))
+                       Counter(summary_data["rejected"]), summary_data.get("appended"))
 
     def _failure_records(self, status: torch.Tensor) -> list[dict[str, str]]:
         records = []
@@ -332,6 +452,36 @@ class StoreWriter:
         _fsync(tmp)
         os.replace(tmp, path)
 
+    def _merge_previous(self, new_rows: int) -> None:
+        """Append mode: writes each file as the finished store's data followed by the new rows'
+        (the new text indices shifted past the store's text table) into ``<key>.memmap.merging``,
+        then the marker that they are complete. The store is still in place: it is moved aside
+        only after the marker exists, and a resumed run skips straight to the renames."""
+        previous = FeatureStore.open(self.paths.directory)
+        if previous.ids != [row["id"] for row in self.plan.previous]:
+            raise StoreError(f"store {self.paths.directory} changed since the append in {self.work} "
+                             f"began; delete {self.work} and append again")
+        dtype = self.plan.store_format.dtype
+        table_offset = previous.column(TEXT_TABLE_KEY).shape[0] if self.plan.store_format.dedup_text else 0
+        for key in self._final_keys():
+            old = previous.column(key)
+            count = len(self.captions) if key == TEXT_TABLE_KEY else new_rows
+            key_dtype = torch.int64 if key == TEXT_INDEX_KEY else _row_dtype(key, dtype)
+            new = MemoryMappedTensor.from_filename(self.work / f"{key}.memmap", dtype=key_dtype,
+                                                   shape=torch.Size((count,) + tuple(old.shape[1:])), mode="r")
+            tmp = self.work / f"{key}.memmap.merging"
+            target = _allocate(tmp, (len(old) + count,) + tuple(old.shape[1:]), key_dtype)
+            for start in range(0, len(old), _CHUNK_ROWS):
+                stop = min(start + _CHUNK_ROWS, len(old))
+                target[start:stop] = old[start:stop]
+            for start in range(0, count, _CHUNK_ROWS):
+                chunk = new[start:start + _CHUNK_ROWS]
+                target[len(old) + start:len(old) + start + len(chunk)] = (
+                    chunk + table_offset if key == TEXT_INDEX_KEY else chunk)
+            del old, new, target
+            _fsync(tmp)
+        io.write_text(self.work / MERGED_MARKER, "")
+
     def _final_keys(self) -> list[str]:
         keys = list(self.plan.row_shapes)
         if self.plan.store_format.dedup_text:
@@ -343,8 +493,10 @@ class StoreWriter:
         dtype = self.plan.store_format.dtype
         tensors = {}
         for key in self._final_keys():
-            if key == TEXT_TABLE_KEY:
-                shape, key_dtype = (len(self.captions),) + self.plan.text_shape, dtype
+            if key == TEXT_TABLE_KEY:  # its entries: the captions, and an appended store's own
+                table_bytes = (self.work / f"{key}.memmap").stat().st_size
+                entries = table_bytes // (_numel(self.plan.text_shape) * _itemsize(dtype))
+                shape, key_dtype = (entries,) + self.plan.text_shape, dtype
             elif key == TEXT_INDEX_KEY:
                 shape, key_dtype = (rows,), torch.int64
             elif key == TEXT_KEY:
@@ -368,6 +520,7 @@ class StoreWriter:
         meta = json.loads((self.work / "meta.json").read_text())
         stored = [k for k, v in meta.items() if isinstance(v, dict)]
         keep = {f"{k}.memmap" for k in stored} | {"meta.json", "summary.json"}
+        (self.work / MERGED_MARKER).unlink(missing_ok=True)
         for path in self.work.iterdir():
             dropped = path.name.endswith(".memmap") and path.name not in keep
             # Temp files of writes a killed run did not finish (finalisation is rank 0's alone).
@@ -380,25 +533,57 @@ class StoreWriter:
             io.remove_stale_temps(table)
         shutil.rmtree(self.work / "failures", ignore_errors=True)
 
-    @property
-    def _retired(self) -> Path:
-        return self.paths.directory.with_name(self.paths.directory.name + ".old")
-
-    def _retire_previous(self, overwrite: bool) -> None:
-        """Moves an existing store aside (``overwrite``), so no reader sees old and new mixed."""
+    def _check_replaceable(self, replace: bool) -> None:
+        """Only a store may be replaced, and only when asked (``overwrite``, or an append)."""
         final = self.paths.directory
-        if not is_vacant(final):  # an empty directory is replaced by the rename in `_publish`
-            if not overwrite:
-                raise StoreError(f"{final} already exists; delete it or set overwrite=True")
-            shutil.rmtree(self._retired, ignore_errors=True)
-            os.replace(final, self._retired)
+        if is_vacant(final):
+            return
+        if not is_store(final):
+            raise StoreError(
+                f"{final} exists but is not a feature store (no meta.json); it is never replaced, "
+                "with overwrite=True neither: move it away, or write the store elsewhere"
+            )
+        if not replace:
+            raise StoreError(f"{final} already exists; delete it or set overwrite=True")
+
+    def _retire_previous(self, replace: bool) -> None:
+        """Moves an existing store aside (``replace``), so no reader sees old and new mixed.
+
+        The place it moves to is recorded first, in the new store's ``retired.txt``: `_publish`
+        removes that directory and nothing else, also when a killed run is resumed.
+        """
+        final = self.paths.directory
+        if is_vacant(final):  # an empty directory is replaced by the rename in `_publish`
+            return
+        self._check_replaceable(replace)
+        record = self.work / RETIRED_RECORD
+        if not record.is_file():
+            io.write_text(record, f"{final.name}.old-{secrets.token_hex(4)}")
+        retired = final.with_name(record.read_text())
+        os.replace(final, retired)
+        logging.info("moved the previous store %s aside to %s (removed once the new one is published)",
+                     final, retired)
 
     def _publish(self) -> None:
         final = self.paths.directory
         os.replace(self.work, final)
-        (final / "summary.json").unlink(missing_ok=True)
-        shutil.rmtree(self._retired, ignore_errors=True)
+        finish_publishing(final)
         logging.info("feature store ready: %s (+ %s)", final, self.paths.tsv.name)
+
+
+def finish_publishing(store: Path) -> None:
+    """Removes what publishing ``store`` leaves behind: the previous store it moved aside (the
+    directory its ``retired.txt`` names, if that is a name the writer makes), the record and
+    the summary. A run that finds them (the last one was killed after the rename) calls it."""
+    record = store / RETIRED_RECORD
+    if record.is_file():
+        name = record.read_text()
+        retired = store.with_name(name)
+        if re.fullmatch(re.escape(store.name) + r"\.old-[0-9a-f]{8}", name) and retired.is_dir():
+            shutil.rmtree(retired)
+            logging.info("removed the previous store %s", retired)
+        record.unlink()
+    (store / "summary.json").unlink(missing_ok=True)
 
 
 _CHUNK_ROWS = 64
