@@ -1,5 +1,6 @@
 """Checkpoints: a run killed at a random step resumes bit-identically; a truncated newest
-checkpoint falls back to the previous one; an explicit checkpoint resumes from it."""
+checkpoint falls back to the previous one (and is set aside); an explicit checkpoint resumes
+from it. tests/reliability/test_checkpoint_safety.py covers retention, refusals and settings."""
 
 from __future__ import annotations
 
@@ -94,11 +95,15 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(example_workspac
     out = tmp_path / "run"
     run_in_process(train_params(example_workspace, out, **{"Train.num_iterations": 4, "Train.checkpoint_every": 2}))
     newest = ckpt.checkpoint_path(out, 4)
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    truncated = newest.read_bytes()[: newest.stat().st_size // 2]
+    newest.write_bytes(truncated)
     with caplog.at_level(logging.WARNING):
         run_in_process(train_params(example_workspace, out))
-    assert any("ckpt_000000004.pth is unreadable" in r.getMessage() for r in caplog.records)
+    assert any("skipped checkpoint" in r.getMessage() and "ckpt_000000004.pth, unreadable" in r.getMessage()
+               for r in caplog.records)
     assert_identical(final_state(uninterrupted), final_state(out))
+    kept = out / ckpt.CHECKPOINT_DIR / ckpt.UNUSABLE_DIR / newest.name
+    assert kept.read_bytes() == truncated  # set aside, never deleted
 
 
 def test_explicit_checkpoint_resumes_and_corrupt_one_is_an_error(example_workspace, uninterrupted, tmp_path):

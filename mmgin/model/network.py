@@ -277,6 +277,24 @@ class MMAudio(nn.Module):
         self._sync_seq_len = sync_seq_len
         self.init_buffers()
 
+    def weights_mismatch(self, state_dict: dict[str, torch.Tensor]) -> str | None:
+        """How a state dict's keys and shapes differ from this network's, in one short line
+        (counts and the first few of each kind); None when it fits. torch's own message lists
+        every mismatched tensor: 100+ lines for another variant."""
+        own = {k: v for k, v in self.state_dict().items() if k not in RECOMPUTED_KEYS}
+        given = {k: v for k, v in state_dict.items() if k not in RECOMPUTED_KEYS}
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        shaped = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in given and tuple(given[k].shape) != tuple(v.shape)]
+        parts = [f"{kind}: {len(found)} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
+                 for kind, found in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("keys of another shape, given vs this network's", shaped)) if found]
+        if not parts:
+            return None
+        return (f"the weights do not fit this network ({'; '.join(parts)}): they are of another "
+                "network variant (check get_network.name)")
+
     def load_weights(self, state_dict: dict[str, torch.Tensor], assign: bool = False) -> None:
         """Strictly loads a released state dict, ignoring the tables this module recomputes.
 
@@ -284,6 +302,9 @@ class MMAudio(nn.Module):
         the meta device.
         """
         state = {k: v for k, v in state_dict.items() if k not in RECOMPUTED_KEYS}
+        mismatch = self.weights_mismatch(state)
+        if mismatch is not None:
+            raise RuntimeError(mismatch)
         self.load_state_dict(state, strict=True, assign=assign)
         if assign:
             self.init_buffers()

@@ -22,7 +22,10 @@ from mmgin.train import ema as ema_lib
 class SynthesizeEMA(Program):
     """Solves Karras et al.'s Algorithm 3 (float64 least squares) over the snapshots in
     `snapshot_dir` (a Train run's `ema_ckpts`) and writes the EMA of width `sigma_rel` at `step`
-    (default: the latest snapshot) into `output_dir` as a released-format state dict.
+    (default: the latest snapshot) into `output_dir` as a released-format state dict. The
+    snapshots must be of one run: a folder mixing runs, or holding an unreadable snapshot, is
+    an error saying which files to move (a Train run sets aside, at its start, the snapshots of
+    other runs in `other_runs/<run>/`, which synthesize there on their own).
 
     `snapshot_sigma_rels` names the profiles of reference snapshots, which do not record them
     (mmgin's do, in profiles.json). With `network` (a factory, e.g. `@get_network`), the result

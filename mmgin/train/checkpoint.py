@@ -1,16 +1,19 @@
-"""Training checkpoints: atomic, the last two kept, a corrupt newest one falls back.
+"""Training checkpoints: atomic, the last two usable ones kept, unusable ones moved aside.
 
 A checkpoint is `checkpoints/ckpt_<iteration:09d>.pth` under the run's output directory and
-holds everything an exact resume needs: weights, optimizer, scheduler, EMA, the per-rank RNG
-and loader states, the next iteration and the operative config. Rank 0 writes it (atomically:
-a crash leaves the previous file intact); every rank reads it and restores its own entries.
+holds everything an exact resume needs: weights, optimizer, EMA, the per-rank RNG and loader
+states, the next iteration, the run's identity and the operative config. Rank 0 writes it
+(atomically: a crash leaves the previous file intact); every rank reads it and restores its own
+entries. Nothing here deletes a file that is not a usable checkpoint older than one just written.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from absl import logging
@@ -19,7 +22,11 @@ from mmgin import dist, io
 from mmgin import weights as weight_files
 
 CHECKPOINT_DIR = "checkpoints"
+UNUSABLE_DIR = "unusable"
 _NAME = re.compile(r"^ckpt_(\d{9})\.pth$")
+
+# Why a checkpoint cannot continue this run (None: it can); Train supplies the run's checks.
+UsabilityCheck = Callable[[Mapping[str, Any]], "str | None"]
 
 
 class CheckpointError(RuntimeError):
@@ -30,13 +37,34 @@ def checkpoint_path(output_dir: str | Path, iteration: int) -> Path:
     return Path(output_dir) / CHECKPOINT_DIR / f"ckpt_{iteration:09d}.pth"
 
 
+def _iteration(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Checkpoints of a run, newest first."""
     folder = Path(output_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=_iteration, reverse=True)
+
+
+def move_aside(path: Path, folder: Path) -> Path:
+    """Moves ``path`` into ``folder`` under a name no file there has: set aside, never lost."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target, copy = folder / path.name, 1
+    while target.exists():
+        target, copy = folder / f"{path.name}.{copy}", copy + 1
+    os.rename(path, target)
+    return target
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why torch could not read a file, without torch's advice to load it unsafely."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+        return "not a file of tensors that loads safely (weights-only)"
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def all_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -47,8 +75,10 @@ def all_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep: int = 2) -> Path:
     """Writes `state` as the checkpoint of `iteration` (rank 0 only) and prunes older ones.
 
-    Refuses (CheckpointError) to save non-finite network weights: a checkpoint must always be a
-    state the run can continue from.
+    Pruning keeps `keep` checkpoints counting the one just written (readable: written
+    atomically) and removes only older ones, all of which the run found usable when it started
+    (`load_latest` moves the others aside) or wrote itself. Refuses (CheckpointError) to save
+    non-finite network weights: a checkpoint must always be a state the run can continue from.
     """
     bad = all_finite(state["network"])
     if bad:
@@ -59,7 +89,8 @@ def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep:
         )
     path = checkpoint_path(output_dir, iteration)
     io.save_torch(dict(state), path)
-    for old in list_checkpoints(output_dir)[max(keep, 1):]:
+    older = [p for p in list_checkpoints(output_dir) if _iteration(p) < iteration]
+    for old in older[max(keep, 1) - 1:]:
         old.unlink(missing_ok=True)
     # Half-written temp files of a process killed mid-write (checkpoint-sized each): only
     # rank 0 writes here, one file at a time, so any left now is stale.
@@ -68,52 +99,82 @@ def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    state = io.load_torch(path, mmap=True)  # mmgin wrote it: zip format, safe to map
+    """A checkpoint's state; CheckpointError saying why not (the caller names the file)."""
+    try:
+        state = io.load_torch(path, mmap=True)  # mmgin wrote it: zip format, safe to map
+    except Exception as e:  # a truncated zip, a bad pickle, a foreign file
+        raise CheckpointError(f"unreadable ({unreadable_reason(e)})") from None
     if not isinstance(state, dict) or "iteration" not in state or "network" not in state:
-        raise CheckpointError(f"{path} is not an mmgin training checkpoint (no 'iteration'/'network')")
+        raise CheckpointError("not an mmgin training checkpoint (no 'iteration'/'network')")
     return state
 
 
-def load_latest(output_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of a run, trying older ones when the newest is corrupt.
+def _examine(path: Path, unusable: UsabilityCheck) -> tuple[dict[str, Any] | None, str | None]:
+    """(state, None) for a usable checkpoint, (None, why not) otherwise."""
+    try:
+        state = _load(path)
+    except CheckpointError as e:
+        return None, str(e)
+    reason = unusable(state)
+    return (None, reason) if reason is not None else (state, None)
 
-    Rank 0 chooses and broadcasts its choice, so all ranks resume from the same file even if
-    the file system shows them different listings. None when the run has no checkpoint.
+
+def _none_usable(output_dir: Path, problems: list[tuple[Path, str]]) -> str:
+    listed = "\n".join(f"  {p.name}: {reason}" for p, reason in problems)
+    return (
+        f"no checkpoint in {output_dir / CHECKPOINT_DIR} can continue this run (nothing was changed):\n"
+        f"{listed}\nTo resume, run with the settings these checkpoints were written with. To start "
+        f"over, move {output_dir} away or set OUTPUT_DIR to a new folder."
+    )
+
+
+def load_latest(output_dir: str | Path, unusable: UsabilityCheck = lambda state: None
+                ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest usable checkpoint of a run (readable, and `unusable` has no objection).
+
+    Rank 0 examines every checkpoint. Beside a usable one, each unusable one is moved to
+    `checkpoints/unusable/` with a warning saying why (never deleted), so retention only ever
+    counts usable files. When none is usable, nothing is moved and every rank raises
+    CheckpointError listing each file's reason and how to start over: a run never starts from
+    scratch over checkpoints it could not use. Rank 0 chooses and broadcasts its choice, so all
+    ranks resume from the same file. None when the run has no checkpoint at all.
     """
+    output_dir = Path(output_dir)
     chosen: str | None = None
     state: dict[str, Any] | None = None
+    refusal: str | None = None
     if dist.is_main():
-        for path in list_checkpoints(output_dir):
-            try:
-                state = _load(path)
-            except Exception as e:  # a truncated zip, a bad pickle, a foreign file
-                logging.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
-                                path, type(e).__name__, str(e)[:200])
-                continue
-            chosen = str(path)
-            break
-        if chosen is None and list_checkpoints(output_dir):
-            logging.warning("no readable checkpoint in %s; starting from scratch",
-                            Path(output_dir) / CHECKPOINT_DIR)
-    chosen = dist.broadcast_object(chosen)
+        examined = [(path, *_examine(path, unusable)) for path in list_checkpoints(output_dir)]
+        problems = [(path, reason) for path, _, reason in examined if reason is not None]
+        usable = [(path, found) for path, found, reason in examined if reason is None]
+        if usable:
+            chosen, state = str(usable[0][0]), usable[0][1]
+            for path, reason in problems:
+                moved = move_aside(path, path.parent / UNUSABLE_DIR)
+                logging.warning("skipped checkpoint %s, %s; moved it to %s", path, reason, moved)
+        elif problems:
+            refusal = _none_usable(output_dir, problems)
+    chosen, refusal = dist.broadcast_object((chosen, refusal))
+    if refusal is not None:
+        raise CheckpointError(refusal)
     if chosen is None:
         return None
     if state is None:
-        state = _load(Path(chosen))
+        state, reason = _examine(Path(chosen), lambda state: None)
+        if reason is not None:
+            raise CheckpointError(f"{chosen}: {reason} on rank {dist.info().rank} (rank 0 read it)")
     return Path(chosen), state
 
 
-def load_file(path: str | Path) -> dict[str, Any]:
-    """An explicitly named checkpoint (`Train.checkpoint=`); unreadable is an error."""
+def load_file(path: str | Path, unusable: UsabilityCheck = lambda state: None) -> dict[str, Any]:
+    """An explicitly named checkpoint (`Train.checkpoint=`); unreadable or unusable is an error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Train.checkpoint={path} does not exist")
-    try:
-        return _load(path)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"Train.checkpoint={path} is unreadable ({type(e).__name__}: {e})") from e
+    state, reason = _examine(path, unusable)
+    if reason is not None:
+        raise CheckpointError(f"Train.checkpoint={path}: {reason}")
+    return state
 
 
 def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -127,12 +188,16 @@ def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
         path = weight_files.resolve(path)
     except weight_files.MissingWeightsError as missing:
         raise CheckpointError(f"Train.weights={path} does not exist.\n{missing}") from None
-    state = io.load_torch(path)
+    try:
+        state = io.load_torch(path)
+    except Exception as e:  # torch's own text may advise unsafe loading: never shown
+        raise CheckpointError(f"Train.weights={path} is unreadable ({unreadable_reason(e)}); "
+                              "point it at a weights file or a training checkpoint") from None
     if isinstance(state, dict) and "network" in state and "iteration" in state:
         return state["network"]
     if isinstance(state, dict) and "weights" in state and "it" in state:
         return state["weights"]
-    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
         return state
     raise CheckpointError(
         f"Train.weights={path} is neither a network file (a bare state dict: released "

@@ -6,6 +6,11 @@ and a float32 snapshot of each is written every `snapshot_every` steps. After tr
 other sigma_rel is synthesized from the snapshots by least squares (Algorithm 3). The snapshot
 files use the reference layout (`<profile>.<step>.pt`, keys `ema_model.<key>` plus
 `_extra_state`), so snapshots written by the reference trainer synthesize here too.
+
+Each mmgin snapshot names its run (`_extra_state['run_id']`, kept by a resumed run): synthesis
+refuses a folder that mixes runs (a run restarted from scratch over another's snapshots), and
+a starting run sets aside what it cannot use (`set_aside`). Reference snapshots have no id:
+they are one unnamed run.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from absl import logging
 
 from mmgin import io
+from mmgin.train.checkpoint import move_aside, unreadable_reason
 
 PREFIX = "ema_model."
 EXTRA_STATE = "_extra_state"
 PROFILES_FILE = "profiles.json"
+OTHER_RUNS_DIR = "other_runs"
+UNUSABLE_DIR = "unusable"
 _SNAPSHOT_NAME = re.compile(r"^(\d+)\.(\d+)\.pt$")
 
 
@@ -72,6 +81,7 @@ class PostHocEMA:
         snapshot_every: int = 5000,
         update_every: int = 1,
         step_size_correction: bool = True,
+        run_id: str | None = None,
     ):
         if len(sigma_rels) < 2 or len(set(sigma_rels)) != len(sigma_rels):
             raise ValueError(f"need at least two distinct sigma_rels to synthesize, got {sigma_rels}")
@@ -79,11 +89,14 @@ class PostHocEMA:
             raise ValueError("snapshot_every and update_every must be >= 1")
         self.network = network
         self.snapshot_dir = Path(snapshot_dir)
+        # Temp files of a snapshot write killed half-way (the next write would not replace them).
+        io.remove_stale_temps(self.snapshot_dir / "*", name_is_glob=True)
         self.sigma_rels = [float(s) for s in sigma_rels]
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.snapshot_every = int(snapshot_every)
         self.update_every = int(update_every)
         self.step_size_correction = bool(step_size_correction)
+        self.run_id = run_id
         self.step = 0
         self.initted = False
         online = network.state_dict()
@@ -124,7 +137,10 @@ class PostHocEMA:
                 PREFIX + k: v.detach().to("cpu", torch.float32, copy=True)
                 for k, v in self.profile_state_dict(index).items()
             }
-            package[EXTRA_STATE] = {"initted": self.initted, "step": self.step}
+            extra: dict[str, object] = {"initted": self.initted, "step": self.step}
+            if self.run_id is not None:  # unnamed: the reference's layout exactly
+                extra["run_id"] = self.run_id
+            package[EXTRA_STATE] = extra
             io.save_torch(package, self.snapshot_dir / f"{index}.{self.step}.pt")
 
     def state_dict(self) -> dict[str, object]:
@@ -150,13 +166,63 @@ class PostHocEMA:
             torch._foreach_copy_(mine, [t.to(m.device) for m, t in zip(mine, saved)])
 
 
+class SnapshotError(ValueError):
+    """EMA snapshots that cannot be synthesized as they are; the message says what to move."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """One EMA snapshot file: its profile's gamma and the step it was taken at."""
+    """One EMA snapshot file: its profile's gamma, the step it was taken at and its run."""
 
     path: Path
     step: int
     gamma: float
+    run_id: str | None = None
+
+
+def _snapshot_files(folder: Path) -> list[tuple[Path, int, int]]:
+    """(path, profile, step) of each `<profile>.<step>.pt` in ``folder``."""
+    found = [(p, _SNAPSHOT_NAME.match(p.name)) for p in sorted(folder.iterdir())]
+    return [(p, int(m.group(1)), int(m.group(2))) for p, m in found if m]
+
+
+def _run_id(path: Path) -> str | None:
+    """The run a snapshot belongs to (None: unnamed); reads only its pickle (tensors mapped)."""
+    extra = io.load_torch(path, mmap=True).get(EXTRA_STATE)
+    return extra.get("run_id") if isinstance(extra, dict) else None
+
+
+def _describe_runs(snapshots: Sequence[Snapshot]) -> str:
+    runs: dict[str | None, list[int]] = {}
+    for snapshot in snapshots:
+        runs.setdefault(snapshot.run_id, []).append(snapshot.step)
+    return "; ".join(f"{'run ' + run if run else 'an unnamed run (reference, or mmgin before run ids)'}: "
+                     f"{len(steps)} snapshots, steps {min(steps)}-{max(steps)}" for run, steps in runs.items())
+
+
+def set_aside(folder: str | Path, run_id: str | None) -> None:
+    """Moves out of ``folder`` the snapshots a run ``run_id`` cannot synthesize from, never
+    deleting them: unreadable ones to `unusable/`, other runs' to `other_runs/<run>/` (with a
+    copy of profiles.json, so they still synthesize there). Each move is a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path, _, _ in _snapshot_files(folder):
+        try:
+            owner = _run_id(path)
+        except Exception as e:  # a truncated copy, a foreign file
+            moved = move_aside(path, folder / UNUSABLE_DIR)
+            logging.warning("EMA snapshot %s is unreadable (%s): moved to %s; synthesis uses the others",
+                            path, unreadable_reason(e), moved)
+            continue
+        if owner == run_id:
+            continue
+        aside = folder / OTHER_RUNS_DIR / (owner or "unnamed")
+        if (folder / PROFILES_FILE).is_file() and not (aside / PROFILES_FILE).exists():
+            io.write_bytes(aside / PROFILES_FILE, (folder / PROFILES_FILE).read_bytes())
+        moved = move_aside(path, aside)
+        logging.warning("EMA snapshot %s belongs to %s, not to this run: moved to %s", path,
+                        f"run {owner}" if owner else "an unnamed run", moved)
 
 
 def find_snapshots(folder: str | Path, sigma_rels: Sequence[float] | None = None) -> list[Snapshot]:
@@ -172,17 +238,18 @@ def find_snapshots(folder: str | Path, sigma_rels: Sequence[float] | None = None
     if recorded.is_file():
         sigma_rels = json.loads(recorded.read_text())["sigma_rels"]
     snapshots = []
-    for path in sorted(folder.iterdir()):
-        match = _SNAPSHOT_NAME.match(path.name)
-        if not match:
-            continue
-        profile, step = int(match.group(1)), int(match.group(2))
+    for path, profile, step in _snapshot_files(folder):
         if sigma_rels is None or profile >= len(sigma_rels):
             raise ValueError(
                 f"{path}: profile {profile} has no sigma_rel ({folder / PROFILES_FILE} is missing); "
                 "pass the training run's EMA sigma_rels in profile order"
             )
-        snapshots.append(Snapshot(path, step, sigma_rel_to_gamma(sigma_rels[profile])))
+        try:
+            run_id = _run_id(path)
+        except Exception as e:
+            raise SnapshotError(f"EMA snapshot {path} is unreadable ({unreadable_reason(e)}); move it "
+                                f"out of {folder} and synthesis uses the others") from None
+        snapshots.append(Snapshot(path, step, sigma_rel_to_gamma(sigma_rels[profile]), run_id))
     if not snapshots:
         raise FileNotFoundError(f"no EMA snapshots (<profile>.<step>.pt) in {folder}")
     return snapshots
@@ -211,9 +278,16 @@ def synthesize(
 ) -> dict[str, torch.Tensor]:
     """The EMA with `sigma_rel` at `step` (default: the latest snapshot), as a plain state dict.
 
-    Only snapshots taken at or before `step` take part. Floating tensors are summed in float64
-    and returned as float32; other tensors come from the latest snapshot used.
+    Only snapshots taken at or before `step` take part, all of one run (SnapshotError naming
+    the runs otherwise). Floating tensors are summed in float64 and returned as float32; other
+    tensors come from the latest snapshot used.
     """
+    if len({s.run_id for s in snapshots}) > 1:
+        folders = sorted({str(s.path.parent) for s in snapshots})
+        raise SnapshotError(
+            f"the EMA snapshots in {', '.join(folders)} are of several runs ({_describe_runs(snapshots)}): "
+            "averaging them mixes unrelated weights; move all but one run's snapshots to another folder"
+        )
     if step is None:
         step = max(s.step for s in snapshots)
     used = sorted((s for s in snapshots if s.step <= step), key=lambda s: (s.step, s.gamma))

@@ -23,13 +23,9 @@ from absl import logging
 from mmgin import io
 from mmgin.train.checkpoint import CheckpointError
 from mmgin.train.ema import PostHocEMA
-from mmgin.train.trainer import Trainer
+from mmgin.train.trainer import OPTIMIZER_SETTINGS, Trainer
 
 KEYS = ("it", "weights", "optimizer", "scheduler")
-# Optimizer settings that must agree with the run's config (the learning rate through the
-# schedule's base value 'initial_lr'); the moments are meaningless under other ones.
-_OPTIMIZER_SETTINGS = {"initial_lr": "adamw.learning_rate", "betas": "adamw.betas",
-                       "eps": "adamw.eps", "weight_decay": "adamw.weight_decay"}
 
 
 def is_reference_checkpoint(state: Any) -> bool:
@@ -41,11 +37,7 @@ def load_weights(network: torch.nn.Module, state: Mapping[str, Any], path: Path)
     try:
         network.load_weights(state["weights"])
     except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CheckpointError(
-            f"{path}: its weights do not fit this network ({first[:200]} ...): the checkpoint is of "
-            "another network variant; set get_network.name to the reference run's"
-        ) from None
+        raise CheckpointError(f"{path}: {e}; set get_network.name to the reference run's") from None
 
 
 def continue_from(trainer: Trainer, state: Mapping[str, Any], path: Path) -> None:
@@ -54,7 +46,6 @@ def continue_from(trainer: Trainer, state: Mapping[str, Any], path: Path) -> Non
     _load_optimizer(trainer, state["optimizer"], path)
     iteration = int(state["scheduler"]["last_epoch"])
     _set_schedule(trainer, iteration, state["scheduler"], path)
-    trainer.iteration = iteration
     if trainer.ema is not None:
         _load_ema(trainer.ema, state.get("ema"), path)
     logging.info(
@@ -80,8 +71,9 @@ def _load_optimizer(trainer: Trainer, saved: Mapping[str, Any], path: Path) -> N
                     f"{path}: optimizer {name} of parameter {index} has shape {tuple(moments[name].shape)}, "
                     f"this network's is {tuple(param.shape)}: the checkpoint is of another network variant"
                 )
+    # The reference run must continue as it was: its settings must be this run's.
     current = trainer.optimizer.param_groups[0]
-    for key, setting in _OPTIMIZER_SETTINGS.items():
+    for key, setting in OPTIMIZER_SETTINGS.items():
         ours, theirs = current.get(key), groups[0].get(key)
         if theirs is not None and not _same(ours, theirs):
             raise CheckpointError(
@@ -93,21 +85,14 @@ def _load_optimizer(trainer: Trainer, saved: Mapping[str, Any], path: Path) -> N
 
 def _set_schedule(trainer: Trainer, iteration: int, saved: Mapping[str, Any], path: Path) -> None:
     """Moves the run's schedule to ``iteration``; the reference's rate there must be the run's."""
-    scheduler = trainer.scheduler
-    state = scheduler.state_dict()
-    state.update(last_epoch=iteration, _step_count=iteration + 1)
-    scheduler.load_state_dict(state)
-    rates = [base * fn(iteration) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    trainer.set_iteration(iteration)
     theirs = saved.get("_last_lr")
-    if theirs is not None and not _same(rates[0], float(theirs[0])):
+    if theirs is not None and not _same(trainer.learning_rate, float(theirs[0])):
         raise CheckpointError(
             f"{path}: the reference run's learning rate at iteration {iteration} is {float(theirs[0]):.6g}, "
-            f"this run's schedule gives {rates[0]:.6g} there; set the schedule (e.g. "
+            f"this run's schedule gives {trainer.learning_rate:.6g} there; set the schedule (e.g. "
             "WarmupStepSchedule.warmup_steps / milestones / gamma) as the reference run had it"
         )
-    for group, rate in zip(trainer.optimizer.param_groups, rates):
-        group["lr"] = rate
-    scheduler._last_lr = rates  # pylint: disable=protected-access  (what get_last_lr returns)
 
 
 def _load_ema(ema: PostHocEMA, saved: Mapping[str, Any] | None, path: Path) -> None:

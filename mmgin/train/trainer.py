@@ -28,6 +28,10 @@ from mmgin.train.optim import lr_scheduler
 from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+# The optimizer's settings by the gin binding that sets them ('initial_lr' is the schedule's
+# base learning rate).
+OPTIMIZER_SETTINGS = {"initial_lr": "adamw.learning_rate", "betas": "adamw.betas",
+                      "eps": "adamw.eps", "weight_decay": "adamw.weight_decay"}
 
 
 class NonFiniteError(RuntimeError):
@@ -210,7 +214,9 @@ class Trainer:
         return float(self.scheduler.get_last_lr()[0])
 
     def state_dict(self) -> dict[str, Any]:
-        """This rank's share of a checkpoint (the caller gathers RNG states over ranks)."""
+        """This rank's share of a checkpoint (the caller gathers RNG states over ranks). The
+        scheduler's state is a record: a resume recomputes it from the iteration and the run's
+        schedule (`load_state_dict`)."""
         return {
             "iteration": self.iteration,
             "network": self.network.state_dict(),
@@ -222,17 +228,44 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint of this run. The optimizer's moments come from it; its settings
+        (learning rate, betas, eps, weight decay) and the schedule are this run's config's, from
+        the checkpoint's iteration on: each one that changed is logged."""
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        iteration = int(state["iteration"])
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            for key, value in settings.items():
+                if key != "lr" and group.get(key) != value:
+                    dist.log_main("%s = %s from iteration %d on (the checkpoint's: %s)",
+                                  OPTIMIZER_SETTINGS.get(key, f"optimizer setting {key!r}"), value,
+                                  iteration, group.get(key))
+            group.update(settings)
+        self.set_iteration(iteration)
+        saved_rate = state["optimizer"]["param_groups"][0]["lr"]
+        if saved_rate != self.learning_rate:
+            dist.log_main("learning rate %.6g at iteration %d by this run's schedule (the checkpoint's: %.6g)",
+                          self.learning_rate, iteration, saved_rate)
         if self.scaler is not None and state.get("grad_scaler") is not None:
             self.scaler.load_state_dict(state["grad_scaler"])
         if self.ema is not None:
             if state.get("ema") is None:
                 raise ValueError("the checkpoint has no EMA state but this run keeps an EMA")
             self.ema.load_state_dict(state["ema"])
-        self.iteration = int(state["iteration"])
         self.skipped_total.fill_(float(state.get("skipped_updates", 0.0)))
+
+    def set_iteration(self, iteration: int) -> None:
+        """Puts the run at ``iteration``: the schedule's position and the learning rate this
+        run's schedule gives there (what LambdaLR computes after that many steps)."""
+        scheduler = self.scheduler
+        scheduler.last_epoch = iteration
+        scheduler._step_count = iteration + 1  # pylint: disable=protected-access
+        rates = [base * fn(iteration) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates  # pylint: disable=protected-access  (what get_last_lr returns)
+        self.iteration = iteration
 
     def rng_state(self) -> dict[str, Any]:
         return rng.capture(self.generators)

@@ -158,11 +158,14 @@ def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 60.
 
 def run_outputs(out: Path) -> dict[str, object]:
     """What a finished training run leaves that must not depend on interruptions: the newest
-    checkpoint (without its config text, which names the run's own directory), the checkpoint
-    names kept, the EMA snapshots and the synthesized EMA weights."""
+    checkpoint (without its config text, which names the run's own directory, and its run id,
+    which names the run), the checkpoint names kept, the EMA snapshots (without the run id) and
+    the synthesized EMA weights."""
     names = ckpt.list_checkpoints(out)
-    newest = {k: v for k, v in io.load_torch(names[0]).items() if k != "config"}
+    newest = {k: v for k, v in io.load_torch(names[0]).items() if k not in ("config", "run_id")}
     snapshots = {p.name: io.load_torch(p) for p in sorted((out / "ema_ckpts").glob("*.pt"))}
+    for snapshot in snapshots.values():
+        snapshot["_extra_state"].pop("run_id")
     return {"checkpoint": newest, "ema_final": io.load_torch(out / "ema_final.pth"),
             "snapshots": snapshots, "checkpoints": [p.name for p in names]}
 
