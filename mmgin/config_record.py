@@ -41,6 +41,36 @@ class ParsedConfig:
                   if assignment.match(line)]
         return places + [f"--gin_param={p!r}" for p in self.params if assignment.match(p)]
 
+    def include_loop(self) -> list[Path] | None:
+        """A chain of includes that comes back to where it started (a.gin -> b.gin -> a.gin), if
+        the files or params have one: gin would follow it until Python's recursion limit."""
+        finished: set[Path] = set()
+
+        def walk(path: Path, chain: list[Path]) -> list[Path] | None:
+            if path in chain:
+                return chain[chain.index(path):] + [path]
+            if path in finished:
+                return None
+            for included in self._includes(path.read_text(), path.parent):
+                loop = walk(included, chain + [path])
+                if loop:
+                    return loop
+            finished.add(path)
+            return None
+
+        for top in self.files + [p for param in self.params for p in self._includes(param, Path.cwd())]:
+            loop = walk(top, [])
+            if loop:
+                return loop
+        return None
+
+    def _includes(self, text: str, here: Path) -> Iterator[Path]:
+        for line in text.splitlines():
+            match = _INCLUDE.match(line)
+            included = self._find(match.group(1), here) if match else None
+            if included is not None:
+                yield included
+
     def _lines(self, path: Path, seen: set[Path]) -> Iterator[tuple[Path, int, str]]:
         """Every line gin parses from `path`, each include's lines where it is included."""
         if path in seen:

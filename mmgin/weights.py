@@ -203,7 +203,7 @@ def resolve(path_or_name: str | os.PathLike, root: str | os.PathLike | None = No
         if path.exists():
             return path
     places = "\n".join(f"  {path}  ({what})" for path, what in tried)
-    raise MissingWeightsError(f"mmgin: weight file {key!r} not found; tried:\n{places}{_missing_hint(key, root)}")
+    raise MissingWeightsError(f"weight file {key!r} not found; tried:\n{places}{_missing_hint(key, root)}")
 
 
 def find(path_or_name: str | os.PathLike, root: str | os.PathLike | None = None) -> Path | None:

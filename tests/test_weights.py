@@ -248,7 +248,7 @@ def test_missing_file_error_names_places_tried_and_how_to_get_it(elsewhere, tmp_
     with pytest.raises(MissingWeightsError) as missing:
         weights.resolve("v1-16.pth")
     text = str(missing.value)
-    assert text.startswith("mmgin: weight file 'v1-16.pth' not found")
+    assert text.startswith("weight file 'v1-16.pth' not found")  # the launcher adds 'mmgin: '
     for needed in (str(elsewhere), str(configured / "v1-16.pth"), "$MMGIN_WEIGHTS_DIR",
                    "releases/download/v0.1/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7",
                    f"python -m mmgin.weights download vae_16k --dir {configured}"):
