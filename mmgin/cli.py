@@ -3,24 +3,43 @@
     python launch.py --gin_file=gin/small_16k.gin --gin_param="Train.batch_size = 64"
     torchrun --standalone --nproc_per_node=8 launch.py --gin_file=gin/large_44k.gin
 
-Config mistakes (unknown names, misspelt parameters, missing includes, required values left
-unset, macros set but never used) stop the run before any work with a one-paragraph message
-naming the file and line or the --gin_param, instead of a traceback.
+Config mistakes (unknown names, misspelt parameters, missing includes, include loops, required
+values left unset, macros set but never used) stop the run before any work with a one-paragraph
+message naming the file and line or the --gin_param, instead of a traceback (exit status 2).
+Errors mmgin raises on purpose while building or running (a store, table, checkpoint, weights
+file or media file that cannot be used, a full disk, a non-finite loss, an output directory
+another run holds, a bad setting) are one `mmgin:` line too (exit status 1); `--traceback`
+adds the traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util  # noqa: F401  (gin 0.5 needs it loaded to report missing includes)
+import linecache
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 import gin
 from absl import app, flags, logging
 
+import mmgin
 from mmgin import config_record, dist
+from mmgin.data.store import StoreError
+from mmgin.data.tsv import TableError
+from mmgin.eval.cache import CacheFormatError
+from mmgin.eval.embedders import EmbeddingModelsUnavailable
+from mmgin.io import DiskFullError
+from mmgin.media.errors import MediaError
+from mmgin.programs.base import claimed
+from mmgin.run_lock import OutputLockedError
+from mmgin.train.checkpoint import CheckpointError
+from mmgin.train.trainer import NonFiniteError
+from mmgin.weights import WeightsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +49,18 @@ flags.DEFINE_multi_string("gin_param", [], "Gin binding applied after all files;
 flags.DEFINE_multi_string(
     "gin_search_path", [str(REPO_ROOT)], "Folders searched for --gin_file and include paths."
 )
-flags.DEFINE_bool("dry_run", False, "Parse, build the program, print the operative config, exit.")
+flags.DEFINE_bool("dry_run", False, "Parse, build the program, print the operative config, exit; "
+                  "writes nothing.")
+flags.DEFINE_bool("allow_dynamic_registration", False,
+                  "Let --dry_run build a config that uses `from __gin__ import dynamic_registration` "
+                  "(such a config can call any Python function while it is built).")
+flags.DEFINE_bool("traceback", False, "Print the traceback of mmgin's own errors too, not only "
+                  "their `mmgin:` line.")
+
+# Errors mmgin raises on purpose, also where a library re-raises them (a DataLoader worker's).
+DELIBERATE = (StoreError, TableError, CheckpointError, WeightsError, MediaError, DiskFullError,
+              NonFiniteError, CacheFormatError, EmbeddingModelsUnavailable, OutputLockedError)
+MMGIN_DIR = Path(mmgin.__file__).resolve().parent
 
 
 class ConfigError(Exception):
@@ -102,6 +132,9 @@ def parse(files: Sequence[str], params: Sequence[str], search_path: Sequence[str
         gin.add_config_file_search_path(root)
     resolved = [resolve_gin_file(f, search_path) for f in files]
     record = config_record.ParsedConfig(resolved, list(params), [Path(p) for p in search_path])
+    loop = record.include_loop()
+    if loop:
+        raise ConfigError(f"include loop: {' -> '.join(map(str, loop))}; remove one of these includes")
     for path in resolved:
         try:
             gin.parse_config_file(str(path))
@@ -130,6 +163,19 @@ def _short(message: str) -> str:
     return head.replace("/gin.macro", " (macro: define it or pass --gin_param)")
 
 
+def refuse_dynamic_registration() -> None:
+    """A dry run checks a config before trusting it: one that may call any function is refused."""
+    for statement in gin.config._IMPORTS:  # pylint: disable=protected-access
+        if statement.module == "__gin__.dynamic_registration":
+            place = statement.location
+            where = f"{place.filename}:{place.line_num}" if place.filename else "a --gin_param"
+            raise ConfigError(
+                f"{where} enables `from __gin__ import dynamic_registration`, with which a gin file "
+                "can call any Python function, also while --dry_run builds it. Pass "
+                "--allow_dynamic_registration if you trust every file and parameter given"
+            )
+
+
 def _configured_device() -> str:
     try:
         return gin.query_parameter("launch.device")
@@ -147,19 +193,54 @@ def build():
         raise
 
 
-def run(files: Sequence[str], params: Sequence[str], search_path: Sequence[str], dry_run: bool) -> int:
+def run(files: Sequence[str], params: Sequence[str], search_path: Sequence[str], dry_run: bool,
+        allow_dynamic_registration: bool = False) -> int:
+    """Parses, builds and runs the program; a dry run prints its operative config and writes
+    nothing anywhere (it may point at a live run's directory)."""
     parse(files, params, search_path)
+    if dry_run and not allow_dynamic_registration:
+        refuse_dynamic_registration()
     with dist.session(_configured_device()):
         program = build()
-        output_dir = getattr(program, "output_dir", None)
-        config_record.write_operative(output_dir)
         if dry_run:
             if dist.is_main():
                 print(gin.operative_config_str())
             return 0
-        program.run()
-        config_record.write_operative(output_dir)
+        with claimed(program):
+            program.run()
     return 0
+
+
+def _raised_by_mmgin(error: BaseException) -> bool:
+    """True when a `raise` statement in mmgin's code raised ``error`` (a bad setting, a missing
+    input): the innermost frame of its traceback is that statement."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    file = Path(frame.tb_frame.f_code.co_filename).resolve()
+    line = linecache.getline(str(file), frame.tb_lineno).strip()
+    return MMGIN_DIR in file.parents and line.startswith("raise ")
+
+
+_IN_CALL = re.compile(r"\n  In call to configurable '([^']+)' \(.*?\)(?: in scope '([^']+)')?")
+
+
+def short_message(error: BaseException) -> str:
+    """The error's own message, gin's "In call to configurable" lines condensed to the chain of
+    configurables it passed through (outermost first)."""
+    text = str(error)
+    calls = [f"{scope}/{name}" if scope else name for name, scope in _IN_CALL.findall(text)]
+    head = _IN_CALL.split(text, maxsplit=1)[0].rstrip()
+    return f"{head} (in {' > '.join(reversed(calls))})" if calls else head
+
+
+def _report(error: BaseException, prefix: str) -> None:
+    if FLAGS.traceback:
+        traceback.print_exception(error, file=sys.stderr)
+    rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"mmgin: {rank}{prefix}{short_message(error)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -171,10 +252,19 @@ def main(argv: Sequence[str]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         logging.set_verbosity(logging.WARNING)
     try:
-        code = run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.gin_search_path, FLAGS.dry_run)
+        code = run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.gin_search_path, FLAGS.dry_run,
+                   FLAGS.allow_dynamic_registration)
     except ConfigError as e:
-        print(f"mmgin: config error: {e}", file=sys.stderr)
+        _report(e, "config error: ")
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001  (mmgin's own errors: one line; bugs: re-raised)
+        if not (isinstance(e, DELIBERATE) or _raised_by_mmgin(e)):
+            raise
+        _report(e, "")
+        sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints and extraction progress stay; no traceback
+        print("mmgin: interrupted; run the same command to resume", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code)
 
 

@@ -9,7 +9,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -159,6 +159,27 @@ def safe_file_name(name: str) -> str:
     digest = hashlib.sha1(name.encode()).hexdigest()[:16]
     head = escaped.encode()[: _NAME_BYTES - len(digest) - 2].decode(errors="ignore")
     return f"{head}%~{digest}"
+
+
+def distinct_file_names(ids: Sequence[str]) -> list[str]:
+    """A file name per item (``safe_file_name`` of its id) that no other item shares.
+
+    Unique ids keep their plain names. An id's first item does too; each later item gets
+    ``-<k>`` (k = 1, 2, ...; the next k whose name no id has), the way av-benchmark names
+    several samples of one clip. Depends only on the ordered ids, so every rank agrees.
+    """
+    names = [safe_file_name(item) for item in ids]
+    plain, used, repeats, distinct = set(names), set(), {}, []
+    for name in names:
+        if name in used:
+            k = repeats.get(name, 0) + 1
+            while f"{name}-{k}" in plain or f"{name}-{k}" in used:
+                k += 1
+            repeats[name] = k
+            name = f"{name}-{k}"
+        used.add(name)
+        distinct.append(name)
+    return distinct
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:

@@ -22,11 +22,20 @@ from absl import logging
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mmgin import dist
+from mmgin import dist, preemption
 from mmgin.data import null_text
-from mmgin.data.store import StoreError, StorePaths, is_complete, is_vacant
+from mmgin.data.store import StoreError, StorePaths, is_complete, is_store, is_vacant
 from mmgin.data import tsv as tsv_io
-from mmgin.data.store_writer import FAILURE_COLUMNS, PENDING, Plan, StoreWriter, Summary
+from mmgin.data.store_writer import (
+    FAILURE_COLUMNS,
+    PENDING,
+    Plan,
+    StoreWriter,
+    Summary,
+    append_plan,
+    finish_publishing,
+    input_changes,
+)
 from mmgin.media.errors import MediaError
 
 RowDecoder = Callable[[int], Mapping[str, torch.Tensor]]
@@ -68,7 +77,8 @@ def row_loader(rows: Sequence[int], decoder: RowDecoder, workers: int, block_siz
     workers = min(workers, len(rows))
     prefetch = max(2, -(-2 * block_size // workers)) if workers else None
     return DataLoader(RowDataset(rows, decoder), batch_size=None, num_workers=workers,
-                      pin_memory=pin_memory, prefetch_factor=prefetch)
+                      pin_memory=pin_memory, prefetch_factor=prefetch,
+                      worker_init_fn=preemption.ignore_sigterm_in_worker)
 
 
 @dataclass
@@ -118,10 +128,21 @@ class Extraction:
     num_workers: int = 8
     overwrite: bool = False
     times: StageTimes = field(default_factory=StageTimes)
+    sigterm_grace_seconds: float = preemption.DEFAULT_GRACE_SECONDS
 
     def run(self) -> Summary | None:
-        """Extracts this rank's share, then rank 0 finalises; returns the summary on rank 0."""
+        """Extracts this rank's share, then rank 0 finalises; returns the summary on rank 0.
+
+        SIGTERM stops each rank after its current block, keeping the rows done (a resumed run
+        continues), and returns None without finalising.
+        """
+        with preemption.sigterm_stops(self.sigterm_grace_seconds) as stop:
+            return self._run(stop)
+
+    def _run(self, stop: preemption.StopRequest) -> Summary | None:
         writer = StoreWriter(self.store, self.plan)
+        if dist.is_main() and self.plan.appends and is_store(self.store):
+            refuse_another_text_encoder(self.store, self.encode_null_text())
         state = writer.prepare() if dist.is_main() else None
         state = dist.broadcast_object(state)
         dist.barrier()
@@ -132,10 +153,13 @@ class Extraction:
             if bool((rows == PENDING).any()) or bool((texts == PENDING).any()):
                 writer.open()
                 try:
-                    self._encode_texts(writer, texts)
-                    self._encode_rows(writer, rows)
+                    self._encode_texts(writer, texts, stop)
+                    self._encode_rows(writer, rows, stop)
                 finally:
                     writer.close()
+        if preemption.any_rank(stop.requested):
+            dist.warn_main("%s: stopped by SIGTERM with the rows done kept; %s", writer.paths.name, preemption.RESUME)
+            return None
         if dist.is_main() and (state != "finalizing" or not null_text.record_path(writer.work).is_file()):
             null_text.write(writer.work, self.encode_null_text())
         dist.barrier()
@@ -143,14 +167,16 @@ class Extraction:
         dist.barrier()
         return summary
 
-    def _encode_texts(self, writer: StoreWriter, status: torch.Tensor) -> None:
+    def _encode_texts(self, writer: StoreWriter, status: torch.Tensor, stop: preemption.StopRequest) -> None:
         blocks = rank_blocks(len(writer.captions), self.text_batch_size, status, dist.rank(), dist.world_size())
         for block in blocks:
+            if stop.requested:
+                return
             with torch.inference_mode(), self.times.measure("text", dist.info().device):
                 features = self.encode_text([writer.captions[i] for i in block])
             writer.write_text(block, features)
 
-    def _encode_rows(self, writer: StoreWriter, status: torch.Tensor) -> None:
+    def _encode_rows(self, writer: StoreWriter, status: torch.Tensor, stop: preemption.StopRequest) -> None:
         blocks = rank_blocks(len(self.plan.rows), self.batch_size, status, dist.rank(), dist.world_size())
         if not blocks:
             return
@@ -162,6 +188,8 @@ class Extraction:
         done = 0
         begin = last_log = time.perf_counter()
         for block in blocks:
+            if stop.requested:
+                break
             rows, items = [], []
             for _ in block:
                 wait_start = time.perf_counter()
@@ -198,19 +226,80 @@ class Extraction:
         progress.close()
 
 
-def skip_if_complete(store: Path, overwrite: bool) -> bool:
-    """True (and logs) when a finished store exists and must not be rebuilt.
+def plan_run(store: Path, plan: Plan, overwrite: bool, append: bool) -> Plan | None:
+    """The plan this run carries out (rank 0), or None when the store is finished and is not to
+    be rebuilt or extended; then the log says so, and how many input rows are new or gone.
 
-    Raises before any work when something else is in the store's place and may not be replaced.
+    ``overwrite`` rebuilds a finished store from ``plan``; ``append`` extends it with the new
+    rows only (`append_plan`). An unfinished append is resumed with the plan it started with:
+    by then the store may already be moved aside. Raises before any work when something that
+    may not be replaced is in the store's place.
     """
-    if overwrite:
-        return False
+    if overwrite and append:
+        raise ValueError("overwrite=True and append=True: choose one (overwrite rebuilds the store, "
+                         "append extends it with the new input rows)")
+    paths = StorePaths(store)
+    paths.refuse_stem_named(paths.tsv, paths.failures)
+    started = _unfinished_append(paths)
+    if started is not None:
+        if not append:
+            raise StoreError(f"{paths.partial} holds an unfinished append to {store}; re-run with "
+                             "append=True to finish it")
+        dist.log_main("resuming the unfinished append to %s (%d new rows)", store, len(started.rows))
+        return started
     if is_complete(store):
-        dist.log_main("%s is already complete; nothing to do (set overwrite=True to rebuild)", store)
-        return True
-    if not is_vacant(store):
-        raise StoreError(f"{store} exists but is not a finished store; delete it or set overwrite=True")
-    return False
+        finish_publishing(store)
+        if overwrite:
+            return plan
+        reported = tsv_io.read_table(paths.failures) if paths.failures.is_file() else []
+        changes = input_changes(plan, tsv_io.read_table(paths.tsv), reported)
+        if append and changes.new_rows:
+            dist.log_main("appending to %s: %s", store, changes.text())
+            return append_plan(store, plan, changes, reported)
+        if append and changes.new_rejected:  # nothing to extract: only the report grows
+            tsv_io.write_table(paths.failures, FAILURE_COLUMNS, list(reported) + changes.new_rejected)
+            dist.log_main("%s: no new row to extract; %d rejected rows added to %s", store,
+                          len(changes.new_rejected), paths.failures)
+            return None
+        if changes.new or changes.gone:
+            dist.log_main("%s is complete, but its inputs changed since: %s. Nothing is done: set "
+                          "append=True to add the new rows, or overwrite=True to rebuild it", store,
+                          changes.text())
+        else:
+            dist.log_main("%s is already complete; nothing to do (set overwrite=True to rebuild)", store)
+        return None
+    if is_vacant(store) or (overwrite and is_store(store)):
+        return plan
+    what = ("a store without its table " + str(paths.tsv) + "; set overwrite=True to rebuild it"
+            if is_store(store) else "it is no store (no meta.json) and is never replaced, with "
+            "overwrite=True neither: move it away, or write the store elsewhere")
+    raise StoreError(f"{store} exists but is not a finished store: {what}")
+
+
+def _unfinished_append(paths: StorePaths) -> Plan | None:
+    plan_file = paths.partial / "plan.json"
+    if not plan_file.is_file():
+        return None
+    saved = Plan.from_json(plan_file.read_text())
+    return saved if saved.appends else None
+
+
+def refuse_another_text_encoder(store: Path, null_feature: torch.Tensor) -> None:
+    """Rows appended to a store must come from the text encoder that made it: its null-text
+    record (mmgin.data.null_text) must be what this run's encoder gives for ''."""
+    recorded = null_text.read(store)
+    if recorded is None:
+        raise StoreError(
+            f"store {store} has no null-text record ({null_text.FILE_NAME}), so nothing shows which "
+            f"text encoder made it; add the record first ({null_text.add_record_command([store])}), "
+            "then append"
+        )
+    if not torch.equal(null_feature.detach().to("cpu", torch.float32).reshape(recorded.shape), recorded):
+        raise StoreError(
+            f"this run's text encoder encodes '' differently from {null_text.record_path(store)}: the "
+            "store's text features come from another encoder, which appended rows would not match. "
+            "Append with the encoder that made the store, or rebuild it with overwrite=True"
+        )
 
 
 def discard_empty_workdir(store: Path) -> None:
@@ -252,7 +341,7 @@ def stop_if_nothing_planned(plan: Plan, store: Path, what: str) -> None:
     if plan.rows:
         return
     failures = StorePaths(store).failures
-    if dist.is_main():
+    if dist.is_main() and not is_store(store):  # a store's own report stays as it is
         tsv_io.write_table(failures, FAILURE_COLUMNS, plan.rejected)
     raise ValueError(f"{what} ({len(plan.rejected)} rejected; see {failures})")
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmgin import dist
+from mmgin import dist, preemption
 from mmgin.data.datasets import identity_collate
 from mmgin.data.store import pinned_batches
 
@@ -92,8 +92,9 @@ class _EpochBatchSampler:
 
 
 def _seed_worker(worker_id: int) -> None:
-    """numpy and random get seeds derived from the worker's torch seed (set by DataLoader)."""
-    del worker_id
+    """numpy and random get seeds derived from the worker's torch seed (set by DataLoader);
+    SIGTERM is left to the main process (mmgin.preemption)."""
+    preemption.ignore_sigterm_in_worker(worker_id)
     seed = torch.initial_seed() % 2**31
     np.random.seed(seed)
     random.seed(seed)

@@ -36,9 +36,9 @@ class Failure:
 
 @dataclass
 class Prepared:
-    """The usable items of one batch, their conditions, and the items that were skipped."""
+    """The usable items of one batch (their indices), their conditions, and the items skipped."""
 
-    ids: list[str]
+    indices: list[int]
     conditions: Conditions | None
     failures: list[Failure] = field(default_factory=list)
 
@@ -82,7 +82,7 @@ class StoreSource:
         batch = self.dataset.__getitems__(indices)
         conditions = Conditions(batch["clip_features"].float(), batch["sync_features"].float(),
                                 batch["text_features"].float(), batch["video_exist"], batch["text_exist"])
-        return Prepared(list(batch["id"]), conditions)
+        return Prepared(list(indices), conditions)
 
     def source_video(self, item_id: str) -> Path | None:
         return find_video(self.source_videos, item_id)
@@ -131,7 +131,7 @@ class CaptionSource:
         size = len(ids)
         conditions = Conditions(None, None, text, torch.zeros(size, dtype=torch.bool),
                                 torch.ones(size, dtype=torch.bool))
-        return Prepared(ids, conditions)
+        return Prepared(list(indices), conditions)
 
     def source_video(self, item_id: str) -> Path | None:
         return None
@@ -172,7 +172,7 @@ class VideoFolderSource:
         return self._encoders
 
     def prepare(self, indices: list[int]) -> Prepared:
-        ids, clips, syncs, failures = [], [], [], []
+        kept, ids, clips, syncs, failures = [], [], [], [], []
         for i in indices:
             path = self.paths[i]
             try:
@@ -184,6 +184,7 @@ class VideoFolderSource:
                 logging.warning("skipping %s: %s", path, e)
                 failures.append(Failure(self.ids[i], str(path), e.reason, str(e)))
                 continue
+            kept.append(i)
             ids.append(self.ids[i])
             clips.append(clip)
             syncs.append(sync)
@@ -199,7 +200,7 @@ class VideoFolderSource:
                 text_f = clip_model.encode_text([self.captions.get(name, "") for name in ids])
         conditions = Conditions(clip_f, sync_f, text_f, torch.ones(len(ids), dtype=torch.bool),
                                 torch.tensor(captioned, dtype=torch.bool))
-        return Prepared(ids, conditions, failures)
+        return Prepared(kept, conditions, failures)
 
     def source_video(self, item_id: str) -> Path | None:
         return find_video(self.video_dir, item_id)

@@ -18,7 +18,7 @@ from absl import logging
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from mmgin import dist, io
+from mmgin import dist, io, preemption
 from mmgin.eval import benchmark, embedders
 from mmgin.eval.benchmark import EvaluationResult
 from mmgin.eval.generate import DEFAULT_CFG_STRENGTH, generate_latents
@@ -96,11 +96,13 @@ class Evaluate(Program):
     Outputs in `output_dir`: `<tag>-sampled/<id>.flac`, `<tag>-sampled-videos/<id>.mp4`
     (the source frames with the generated audio, first `duration` s; for `videos_per_batch`
     items of each batch, all when None), `metrics.json` and TensorBoard scalars `<tag>/<metric>`.
+    A repeated id's later items are `<id>-1`, `<id>-2`, ... (mmgin.io.distinct_file_names).
     Metrics need `gt_cache` (an av-benchmark ground-truth cache dir); pred caches are
     extracted into `<tag>-sampled/cache` when av-benchmark is installed.
 
     Under torchrun each rank generates a strided shard of the items with its own generator
-    (seeded `seed + rank`); rank 0 computes the metrics.
+    (seeded `seed + rank`); rank 0 computes the metrics. SIGTERM stops every rank after its
+    current batch, keeping the files written, without metrics (mmgin.preemption).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class Evaluate(Program):
         write_videos: bool = True,
         videos_per_batch: int | None = None,
         autocast: str = "bfloat16",
+        sigterm_grace_seconds: float = preemption.DEFAULT_GRACE_SECONDS,
     ):
         super().__init__(output_dir)
         if network not in VARIANTS:
@@ -167,6 +170,7 @@ class Evaluate(Program):
         self.write_videos = write_videos
         self.videos_per_batch = videos_per_batch
         self.autocast_dtype = AUTOCAST_DTYPES[autocast]
+        self.sigterm_grace_seconds = sigterm_grace_seconds
         self.audio_dir = self.output_dir / f"{tag}-sampled"
         self.video_out_dir = self.output_dir / f"{tag}-sampled-videos"
 
@@ -182,6 +186,10 @@ class Evaluate(Program):
 
     # ------------------------------------------------------------------------- run
     def run(self) -> None:
+        with preemption.sigterm_stops(self.sigterm_grace_seconds) as stop:
+            self._run(stop)
+
+    def _run(self, stop: preemption.StopRequest) -> None:
         info = dist.info()
         device = info.device
         started = time.time()
@@ -194,6 +202,7 @@ class Evaluate(Program):
         if self.write_videos and self.store and not self.source_videos:
             dist.log_main("no Evaluate.source_videos for the store: no mp4s are written")
         count = len(source.ids) if self.limit is None else min(self.limit, len(source.ids))
+        names = io.distinct_file_names(source.ids[:count])  # ids from user tables; repeats get their own files
         mine = list(range(info.rank, count, info.world_size))
         generator = torch.Generator(device=device).manual_seed(self.seed + info.rank)
         if info.is_main:
@@ -203,12 +212,15 @@ class Evaluate(Program):
                       self.network_name, self.weights)
 
         failures: list[Failure] = []
-        written = 0
+        written, stopped = 0, False
         batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
         for indices in tqdm(batches, desc=f"{self.tag} r{info.rank}", disable=not info.is_main):
+            if stop.requested:
+                stopped = True
+                break
             prepared = source.prepare(indices)
             failures.extend(prepared.failures)
-            if not prepared.ids:
+            if not prepared.indices:
                 continue
             latents = generate_latents(network, self.flow, prepared.conditions, generator,
                                        self.cfg_strength, self.autocast_dtype)
@@ -217,25 +229,31 @@ class Evaluate(Program):
                 enabled=self.autocast_dtype is not None and device.type == "cuda",
             ):
                 audio = codec.decode_latent(latents).float().cpu()
-            for n, (item_id, wav) in enumerate(zip(prepared.ids, audio)):
-                write_audio(self.audio_dir / f"{io.safe_file_name(item_id)}.flac", wav, codec.sampling_rate)
+            for n, (index, wav) in enumerate(zip(prepared.indices, audio)):
+                write_audio(self.audio_dir / f"{names[index]}.flac", wav, codec.sampling_rate)
                 written += 1
                 if self.write_videos and (self.videos_per_batch is None or n < self.videos_per_batch):
-                    self._mux(source, item_id, wav, codec.sampling_rate, failures)
+                    self._mux(source, source.ids[index], names[index], wav, codec.sampling_rate, failures)
         self.record_config()  # the network, codec and (on the first batch) the encoders are built
 
-        totals = dist.all_gather_objects({"written": written, "failures": [vars(f) for f in failures]})
+        totals = dist.all_gather_objects({"written": written, "failures": [vars(f) for f in failures],
+                                          "stopped": stopped})
+        if any(t["stopped"] for t in totals):
+            dist.warn_main("%s: stopped by SIGTERM after writing %d of %d flac files to %s; no metrics. "
+                           "Evaluate does not resume: the same command generates every item again",
+                           self.tag, sum(t["written"] for t in totals), count, self.audio_dir)
+            return
         # Only rank 0 scores; the others leave now instead of waiting in a collective that
         # could time out while av-benchmark extracts features.
         if info.is_main:
             self._finish(totals, iteration, time.time() - started)
 
-    def _mux(self, source: ConditionSource, item_id: str, wav: torch.Tensor, rate: int,
+    def _mux(self, source: ConditionSource, item_id: str, name: str, wav: torch.Tensor, rate: int,
              failures: list[Failure]) -> None:
         video = source.source_video(item_id)
         if video is None:
             return
-        target = self.video_out_dir / f"{io.safe_file_name(item_id)}.mp4"
+        target = self.video_out_dir / f"{name}.mp4"
         try:
             mux_video_with_audio(video, wav, rate, target, duration=self.seq.duration)
         except MediaError as e:

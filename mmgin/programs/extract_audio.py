@@ -27,7 +27,7 @@ from mmgin.data.extraction import (
     StageTimes,
     discard_empty_workdir,
     log_summary,
-    skip_if_complete,
+    plan_run,
 )
 from mmgin.data.store import AUDIO_COLUMNS, StoreFormat, StorePaths
 from mmgin.data.store_writer import Plan, PlannedRow
@@ -123,7 +123,8 @@ class ExtractAudioFeatures(Program):
 
     ``codec`` (an AudioCodec) fixes the mode (16 kHz or 44.1 kHz). Audio is peak-normalised
     over the whole file and silent files are rejected, as in the reference. ``bf16``,
-    ``feature_dtype`` and ``dedup_text`` as in ExtractVideoFeatures.
+    ``feature_dtype`` and ``dedup_text`` as in ExtractVideoFeatures, and
+    ``overwrite``/``append``.
     """
 
     def __init__(
@@ -142,16 +143,17 @@ class ExtractAudioFeatures(Program):
         feature_dtype: str = "bfloat16",
         dedup_text: bool = True,
         overwrite: bool = False,
+        append: bool = False,
     ):
         self.store = Path(output_dir)
-        super().__init__(StorePaths(self.store).partial)
+        super().__init__(StorePaths(self.store).partial, published_as=self.store)
         self.audio_dir, self.captions_tsv, self.clips_tsv = Path(audio_dir), Path(captions_tsv), Path(clips_tsv)
         self.codec, self.clip = codec, clip
         self.sequence = SequenceConfig.for_mode(codec.mode, duration)
         self.batch_size, self.text_batch_size, self.num_workers = batch_size, text_batch_size, num_workers
         self.bf16 = bf16
         self.store_format = StoreFormat(feature_dtype, dedup_text)
-        self.overwrite = overwrite
+        self.overwrite, self.append = overwrite, append
         self.times = StageTimes()
 
     def _plan(self) -> Plan:
@@ -178,11 +180,12 @@ class ExtractAudioFeatures(Program):
         return encode_null_text(self.clip, self.bf16)
 
     def run(self) -> None:
-        if skip_if_complete(self.store, self.overwrite):
+        start = time.perf_counter()
+        plan = dist.broadcast_object(
+            plan_run(self.store, self._plan(), self.overwrite, self.append) if dist.is_main() else None)
+        if plan is None:
             discard_empty_workdir(self.store)
             return
-        start = time.perf_counter()
-        plan = dist.broadcast_object(self._plan() if dist.is_main() else None)
         stop_if_nothing_planned(plan, self.store, f"no clip of {self.clips_tsv} could be extracted")
         device = dist.info().device
         self.codec = move_to(self.codec, device)

@@ -27,7 +27,7 @@ from mmgin.data.extraction import (
     StageTimes,
     discard_empty_workdir,
     log_summary,
-    skip_if_complete,
+    plan_run,
 )
 from mmgin.data.store import VIDEO_COLUMNS, StoreFormat, StorePaths
 from mmgin.data.store_writer import Plan, PlannedRow
@@ -104,7 +104,8 @@ class ExtractVideoFeatures(Program):
     ``compile`` compiles the CLIP image tower and Synchformer with ``compile_backend``
     (static shapes; a minute or two of compilation on the first batch, then faster batches).
     ``feature_dtype``/``dedup_text`` choose the store layout; 'float32' and False give the
-    reference layout.
+    reference layout. A finished store is left as it is (the log says how many input rows are
+    new or gone); ``overwrite`` rebuilds it, ``append`` extends it with the new rows only.
     """
 
     def __init__(
@@ -126,9 +127,10 @@ class ExtractVideoFeatures(Program):
         feature_dtype: str = "bfloat16",
         dedup_text: bool = True,
         overwrite: bool = False,
+        append: bool = False,
     ):
         self.store = Path(output_dir)
-        super().__init__(StorePaths(self.store).partial)
+        super().__init__(StorePaths(self.store).partial, published_as=self.store)
         self.video_dir, self.video_tsv = Path(video_dir), Path(video_tsv)
         self.codec, self.clip, self.synchformer = codec, clip, synchformer
         self.sequence = SequenceConfig.for_mode(codec.mode, duration)
@@ -137,7 +139,7 @@ class ExtractVideoFeatures(Program):
         self.bf16 = bf16
         self.compile, self.compile_backend = compile, compile_backend
         self.store_format = StoreFormat(feature_dtype, dedup_text)
-        self.overwrite = overwrite
+        self.overwrite, self.append = overwrite, append
         self.times = StageTimes()
 
     def _plan(self) -> Plan:
@@ -179,11 +181,12 @@ class ExtractVideoFeatures(Program):
         return encode_null_text(self.clip, self.bf16)
 
     def run(self) -> None:
-        if skip_if_complete(self.store, self.overwrite):
+        start = time.perf_counter()
+        plan = dist.broadcast_object(
+            plan_run(self.store, self._plan(), self.overwrite, self.append) if dist.is_main() else None)
+        if plan is None:
             discard_empty_workdir(self.store)
             return
-        start = time.perf_counter()
-        plan = dist.broadcast_object(self._plan() if dist.is_main() else None)
         stop_if_nothing_planned(plan, self.store, f"no row of {self.video_tsv} has a video in {self.video_dir}")
         device = dist.info().device
         self.codec = move_to(self.codec, device)

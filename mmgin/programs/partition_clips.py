@@ -79,7 +79,7 @@ class PartitionClips(Program):
         self.table = Path(output_dir)
         if self.table.suffix != ".tsv":
             raise ValueError(f"PartitionClips.output_dir={self.table} must name the clip table, a .tsv file")
-        super().__init__(self.table.with_name(f"{self.table.stem}.partial"))
+        super().__init__(self.table.with_name(f"{self.table.stem}.partial"), published_as=self.table)
         self.audio_dir = Path(audio_dir)
         self.start, self.end = start, end
         self.clip_seconds, self.max_clips = clip_seconds, max_clips

@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 
 import gin
 
-from mmgin import config_record, dist
-from mmgin.programs.base import Program
+from mmgin import dist, preemption
+from mmgin.programs.base import Program, claimed
 
 
 @gin.configurable
@@ -36,16 +36,20 @@ class Pipeline(Program):
         self.stages = list(stages)
 
     def run(self) -> None:
+        with preemption.sigterm_stops(preemption.DEFAULT_GRACE_SECONDS) as stop:  # the stages share it
+            self._run_stages(stop)
+
+    def _run_stages(self, stop: preemption.StopRequest) -> None:
         for index, make_stage in enumerate(self.stages, start=1):
             name = getattr(make_stage, "__name__", repr(make_stage))
+            if stop.requested:  # the previous stage stopped early: the next would read unfinished outputs
+                dist.warn_main("pipeline stopped by SIGTERM before stage %d/%d (%s); %s", index,
+                               len(self.stages), name, preemption.RESUME)
+                return
             dist.log_main("pipeline stage %d/%d: %s", index, len(self.stages), name)
             start = time.perf_counter()
             stage = make_stage()
-            stage_dir = getattr(stage, "output_dir", None)
-            config_record.write_operative(stage_dir)
-            stage.run()
-            dist.barrier()
-            # A stage may call configurables while it runs: both records hold them.
-            config_record.write_operative(stage_dir)
-            self.record_config()
+            with claimed(stage):  # its own lock and config record
+                stage.run()
+            self.record_config()  # the pipeline's record holds the stage's configurables too
             dist.log_main("pipeline stage %s done in %.1f s", name, time.perf_counter() - start)

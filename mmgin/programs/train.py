@@ -10,7 +10,8 @@ What a run writes under its output directory:
     ema_ckpts/<profile>.<step>.pt       post-hoc EMA snapshots (+ profiles.json)
     ema_final.pth                       the EMA at final_ema_sigma_rel, in the released file's exact
                                         layout (keys, order, shapes, dtypes of mmaudio_*.pth)
-    samples/<it>/<id>.flac              generated validation audio (+ metrics.json with a hook)
+    samples/<it>/<id>.flac              generated validation audio (+ metrics.json with a hook);
+                                        a repeated id's later items are <id>-1.flac, <id>-2.flac ...
     tensorboard/                        event files, tags below
 
 TensorBoard tags (rank 0; scalars unless noted):
@@ -38,6 +39,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,7 +49,7 @@ import torch
 from absl import logging
 from torch.utils.data import Dataset
 
-from mmgin import dist, io
+from mmgin import dist, io, preemption
 from mmgin.audio import AudioCodec
 from mmgin.data import null_text
 from mmgin.data.loader import DistributedBatchLoader
@@ -66,6 +68,7 @@ from mmgin.train.trainer import NonFiniteError, Trainer
 from mmgin.train.validation import generate, shard_indices, validation_loss
 
 EMA_DIR = "ema_ckpts"
+FINAL_EMA = "ema_final.pth"
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -78,10 +81,15 @@ class Train(Program):
     seeding, identically on every rank and in every run.
     `batch_size` is the GLOBAL batch; `micro_batch_size` (per GPU) with gradient accumulation
     keeps it on fewer or smaller GPUs. A run restarted in the same output_dir resumes from its
-    newest readable checkpoint; `checkpoint=` resumes from a given file; `weights=` starts
+    newest usable checkpoint, and stops with an error rather than start over on checkpoints it
+    cannot use (mmgin/train/README.md, "Checkpoints and resume"); `checkpoint=` resumes from a
+    given file unless the output_dir's own run is past it; `weights=` starts
     from the network of any weights file or training checkpoint (released mmaudio_*.pth for
     fine-tuning, the reference's files too); `continue_reference_run=` continues a run of the
     reference trainer from its <exp>_ckpt_last.pth (mmgin.train.reference_run says what carries over).
+    SIGTERM (SLURM, Kubernetes, torchrun) stops every rank at a step boundary with a checkpoint
+    and exit code 0; a second SIGTERM, or none of that within `sigterm_grace_seconds`, ends the
+    run at once (mmgin.preemption).
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class Train(Program):
         eval_hook: Callable[..., dict[str, float]] | None = None,
         max_consecutive_skips: int = 10,
         peak_tflops: float | None = None,
+        sigterm_grace_seconds: float = preemption.DEFAULT_GRACE_SECONDS,
     ):
         super().__init__(output_dir)
         info = dist.info()
@@ -200,6 +209,7 @@ class Train(Program):
         self.eval_hook = eval_hook
         self.max_consecutive_skips = max_consecutive_skips
         self.peak_tflops = peak_tflops
+        self.sigterm_grace_seconds = sigterm_grace_seconds
         self.device = info.device
 
     # ------------------------------------------------------------------ setup
@@ -222,17 +232,58 @@ class Train(Program):
 
         return restore
 
-    def _resume_state(self) -> dict[str, Any] | None:
-        if self.checkpoint is not None:
-            dist.log_main("resuming from Train.checkpoint=%s", self.checkpoint)
-            return ckpt.load_file(self.checkpoint)
-        found = ckpt.load_latest(self.output_dir)
-        if found is not None:
-            dist.log_main("resuming from %s", found[0])
-            if self.continue_reference_run is not None:
-                dist.log_main("Train.continue_reference_run is not used: this run already continued it")
-            return found[1]
+    def _unusable(self, state: dict[str, Any]) -> str | None:
+        """Why a checkpoint cannot continue this run exactly (None: it can). Settings it holds
+        that a resume applies (learning rate, schedule, betas, eps, weight decay) are no reason."""
+        info = dist.info()
+        mismatch = self.network.weights_mismatch(state["network"])
+        if mismatch is not None:
+            return mismatch
+        for setting, theirs, ours in (
+                ("the number of ranks", state.get("world_size"), info.world_size),
+                ("gradient accumulation steps", state.get("accumulation", self.accumulation), self.accumulation),
+                ("Train.seed", state.get("seed", self.seed), self.seed)):
+            if theirs != ours:
+                return (f"{setting} is {theirs} in the checkpoint, {ours} in this run: an exact resume needs "
+                        "the same (to change it, start a new run with Train.weights=<checkpoint>)")
+        ema = state.get("ema")
+        if self.use_ema and ema is None:
+            return "it holds no EMA, and this run keeps one (Train.ema = True)"
+        if self.use_ema and [float(x) for x in ema["sigma_rels"]] != [float(x) for x in self.ema_sigma_rels]:
+            return (f"Train.ema_sigma_rels is {tuple(ema['sigma_rels'])} in the checkpoint, "
+                    f"{self.ema_sigma_rels} in this run: a run's EMA profiles are fixed")
         return None
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint this run continues: the newest usable one of its output directory, or
+        Train.checkpoint when that is newer (a re-run command never rewinds the run)."""
+        named = ckpt.load_file(self.checkpoint, self._unusable) if self.checkpoint is not None else None
+        found = ckpt.load_latest(self.output_dir, self._unusable)
+        if named is not None:
+            if found is None or named["iteration"] > found[1]["iteration"]:
+                self._refuse_over_a_finished_run()
+                dist.log_main("resuming from Train.checkpoint=%s", self.checkpoint)
+                return named
+            dist.log_main("resuming from %s: Train.checkpoint=%s (iteration %d) is not used, the run in "
+                          "%s is at or past it", found[0], self.checkpoint, named["iteration"], self.output_dir)
+            return found[1]
+        if found is None:
+            self._refuse_over_a_finished_run()
+            return None
+        dist.log_main("resuming from %s", found[0])
+        for name, value in (("weights", self.weights), ("continue_reference_run", self.continue_reference_run)):
+            if value is not None:
+                dist.log_main("Train.%s=%s is not used: the run continues from its checkpoint", name, value)
+        return found[1]
+
+    def _refuse_over_a_finished_run(self) -> None:
+        """A run that does not continue the output directory's own never replaces its ema_final.pth."""
+        final = self.output_dir / FINAL_EMA
+        if final.exists():
+            raise ckpt.CheckpointError(
+                f"{final} is the result of a finished run, and {self.output_dir} has no checkpoint this run "
+                "continues; to start a new run, set OUTPUT_DIR to a new folder (or move that one away)"
+            )
 
     def _set_latent_statistics(self) -> None:
         network = self.network
@@ -295,7 +346,11 @@ class Train(Program):
             self.network.load_weights(resume["network"])
         elif self.weights is not None:
             dist.log_main("initialising the network from Train.weights=%s", self.weights)
-            self.network.load_weights(ckpt.network_weights(self.weights))
+            weights = ckpt.network_weights(self.weights)
+            try:
+                self.network.load_weights(weights)
+            except RuntimeError as e:
+                raise ckpt.CheckpointError(f"Train.weights={self.weights}: {e}") from None
         elif self.continue_reference_run is not None:
             reference = reference_run.load(self.continue_reference_run)
             reference_run.load_weights(self.network, reference, Path(self.continue_reference_run))
@@ -305,11 +360,20 @@ class Train(Program):
         if self.codec is not None:
             self.codec.to(self.device)
         virtual_ranks = [info.rank * self.accumulation + j for j in range(self.accumulation)]
+        # The run's identity, made at its first start and kept by every resume (a run continuing
+        # a reference run is unnamed, as the reference's snapshots are).
+        if resume is not None:
+            self.run_id = resume.get("run_id")
+        elif reference is not None:
+            self.run_id = None
+        else:
+            self.run_id = dist.broadcast_object(uuid.uuid4().hex[:12])
         ema = None
         if self.use_ema and info.is_main:
+            ema_lib.set_aside(self.output_dir / EMA_DIR, self.run_id)
             ema = ema_lib.PostHocEMA(
                 self.network, self.output_dir / EMA_DIR, self.ema_sigma_rels,
-                self.ema_snapshot_every, self.ema_update_every,
+                self.ema_snapshot_every, self.ema_update_every, run_id=self.run_id,
             )
         self.trainer = Trainer(
             self.network, self.flow, self.device, virtual_ranks=virtual_ranks, seed=self.seed,
@@ -334,13 +398,8 @@ class Train(Program):
             reference_run.continue_from(self.trainer, reference, Path(self.continue_reference_run))
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """A checkpoint that `_unusable` accepted into the trainer, loader and generators."""
         info = dist.info()
-        if state["world_size"] != info.world_size:
-            raise ckpt.CheckpointError(
-                f"the checkpoint was written by {state['world_size']} ranks, this run has "
-                f"{info.world_size}; an exact resume needs the same number of GPUs "
-                "(start a new run with Train.weights=<checkpoint> to continue on another count)"
-            )
         self.trainer.load_state_dict(state)
         self.source.load_state_dict(state["loader"][info.rank])
         self.trainer.load_rng_state(state["rng"][info.rank])
@@ -355,8 +414,8 @@ class Train(Program):
             state = self.trainer.state_dict()
             state.update(
                 rng=[r["rng"] for r in per_rank], loader=[r["loader"] for r in per_rank],
-                world_size=info.world_size, accumulation=self.accumulation,
-                config=gin.operative_config_str(),
+                world_size=info.world_size, accumulation=self.accumulation, seed=self.seed,
+                run_id=self.run_id, config=gin.operative_config_str(),
             )
             path = ckpt.save(self.output_dir, self.trainer.iteration, state, self.keep_checkpoints)
             logging.info("saved %s", path)
@@ -399,8 +458,9 @@ class Train(Program):
             raise NonFiniteError(
                 f"{int(window['max_consecutive_skips'])} updates in a row were skipped because the "
                 f"loss or gradients were not finite (limit Train.max_consecutive_skips="
-                f"{self.max_consecutive_skips}); check the data for NaN/inf, lower the learning "
-                "rate, or resume from an earlier checkpoint"
+                f"{self.max_consecutive_skips}); check the data for NaN/inf, or lower the learning "
+                "rate (adamw.learning_rate; a resumed run applies it from its checkpoint's iteration) "
+                "and run the same command again: it resumes from the newest checkpoint"
             )
 
     def _validate(self, writer: Writer) -> None:
@@ -420,6 +480,8 @@ class Train(Program):
         it = self.trainer.iteration
         audio_dir = self.output_dir / SAMPLES_DIR / f"{it:09d}"
         count = len(self.val_dataset) if self.num_samples is None else min(self.num_samples, len(self.val_dataset))
+        # Ids come from user tables: never a path, and a repeated id must not overwrite a file.
+        names = io.distinct_file_names(self.val_dataset.store.ids[:count])
         generator = self.trainer.eval_generators()[0]
         self.network.eval()
         for indices in shard_indices(count, info.rank, info.world_size, self.sample_batch_size):
@@ -427,9 +489,8 @@ class Train(Program):
             latents = generate(self.network, self.flow, batch, generator, self.cfg_strength, self.trainer.autocast)
             with torch.no_grad():
                 audio = self.codec.decode_latent(latents).float().cpu()
-            for item_id, waveform in zip(batch["id"], audio):
-                name = io.safe_file_name(item_id)  # ids come from user tables: never a path
-                write_audio(audio_dir / f"{name}.flac", waveform, self.codec.sampling_rate)
+            for index, waveform in zip(indices, audio):
+                write_audio(audio_dir / f"{names[index]}.flac", waveform, self.codec.sampling_rate)
             if info.is_main and indices[0] < self.tensorboard_samples:
                 self._log_samples(writer, batch, audio, indices, it)
         self.network.train()
@@ -455,11 +516,12 @@ class Train(Program):
     def run(self) -> None:
         restore_torch_settings = self._configure_torch()
         try:
-            self._train()
+            with preemption.sigterm_stops(self.sigterm_grace_seconds) as stop:
+                self._train(stop)
         finally:
             restore_torch_settings()
 
-    def _train(self) -> None:
+    def _train(self, stop: preemption.StopRequest) -> None:
         resume = self._resume_state()
         self._build(resume)
         self.record_config()
@@ -479,6 +541,7 @@ class Train(Program):
             self.accumulation, self.micro_batch_size, self.source.steps_per_epoch(),
         )
         throughput = Throughput()
+        vote = preemption.StepVote(stop, self.device)
         try:
             while trainer.iteration < self.num_iterations:
                 micro_batches = self.source.next_step()
@@ -494,12 +557,24 @@ class Train(Program):
                 if (self.val_dataset is not None and self.codec is not None
                         and (it % self.sample_every == 0 or it == self.num_iterations)):
                     self._sample(writer)
-                if it % self.checkpoint_every == 0 or it == self.num_iterations:
+                saved = it % self.checkpoint_every == 0 or it == self.num_iterations
+                if saved:
                     self._save_checkpoint()
                 throughput.exclude(time.perf_counter() - extra_start)
+                if vote.stop_agreed() and it < self.num_iterations:
+                    self._stop_after_sigterm(saved)
+                    return
         finally:
             writer.close()
         self._finish()
+
+    def _stop_after_sigterm(self, saved: bool) -> None:
+        """Every rank agreed to stop: checkpoint this iteration (EMA state included) unless that
+        was just done, and say how to go on."""
+        if not saved:
+            self._save_checkpoint()
+        logging.warning("rank %d: stopped by SIGTERM at iteration %d; %s", dist.rank(),
+                        self.trainer.iteration, preemption.RESUME)
 
     def _finish(self) -> None:
         ema = self.trainer.ema
@@ -509,7 +584,7 @@ class Train(Program):
             if self.final_ema_sigma_rel is not None:
                 snapshots = ema_lib.find_snapshots(self.output_dir / EMA_DIR)
                 weights = ema_lib.synthesize(snapshots, self.final_ema_sigma_rel, ema.step)
-                io.save_torch(self.network.released_state_dict(weights), self.output_dir / "ema_final.pth")
-                logging.info("wrote %s (EMA sigma_rel %s at step %d)", self.output_dir / "ema_final.pth",
+                io.save_torch(self.network.released_state_dict(weights), self.output_dir / FINAL_EMA)
+                logging.info("wrote %s (EMA sigma_rel %s at step %d)", self.output_dir / FINAL_EMA,
                              self.final_ema_sigma_rel, ema.step)
         dist.barrier()
