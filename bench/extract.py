@@ -8,7 +8,8 @@ a few unique ones, linked under many names), then prints (and with --out writes)
   encoders_only    the encoders alone on batches already on the device, per precision
                    ('fp32': float32 without TF32, as the reference; 'bf16': autocast), eager
   warmup_run       a first ExtractVideoFeatures run (CUDA start-up, compilation), its seconds
-  timed_run        a second run over --videos videos: end-to-end videos/s, where the main
+  timed_run        a second run over --videos videos (the program's default precision: float32
+                   with TF32 on CUDA; --no-tf32 strict float32): end-to-end videos/s, where the main
                    process spent its time (per encoder, waiting for decoded blocks, writes)
   encoders_only_after_warmup   the encoders as the timed run configured them (e.g. compiled)
 
@@ -128,6 +129,7 @@ def extraction_run(
     program = ExtractVideoFeatures(
         output_dir=runs / name, video_dir=video_dir, video_tsv=video_tsv, **encoders,
         batch_size=args.batch_size, num_workers=args.workers, bf16=args.bf16, compile=args.compile,
+        tf32=args.tf32,
     )
     start = time.perf_counter()
     program.run()
@@ -163,6 +165,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny encoders and 4 small videos on the CPU")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the runs")
     parser.add_argument("--compile", action="store_true", help="compiled CLIP image tower and Synchformer")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
+                        help="strict float32 extraction runs on CUDA (default: the programs' TF32)")
     parser.add_argument("--videos", type=int, default=512, help="videos of the timed run")
     parser.add_argument("--warmup_videos", type=int, default=32, help="videos of the untimed first run")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -184,7 +188,7 @@ def main() -> None:
     info = dist.init()
     device = info.device
     results: dict[str, Any] = {
-        "device": str(device), "size": args.size, "bf16": args.bf16, "compile": args.compile,
+        "device": str(device), "size": args.size, "bf16": args.bf16, "compile": args.compile, "tf32": args.tf32,
         "batch_size": args.batch_size, "workers": args.workers, "frame_batch": args.frame_batch,
         "segment_batch": args.segment_batch, "command": " ".join(sys.argv),
         "video": f"{args.width}x{args.height}, 25 fps, {args.seconds:g} s, {args.unique} unique files",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,20 @@ def test_a_folder_with_files_in_the_store_place_is_refused_and_kept(example_work
             [str(REPO)], dry_run=False,
         )
     assert [p.name for p in store.iterdir()] == ["notes.txt"]
+
+
+def test_tf32_is_on_only_while_extracting_and_is_the_programs_default():
+    from mmgin.data.extraction import cuda_tf32
+    from mmgin.programs.extract_audio import ExtractAudioFeatures
+    from mmgin.programs.extract_video import ExtractVideoFeatures
+    from mmgin.programs.record_null_text import RecordNullText
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with cuda_tf32(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with cuda_tf32(False):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    for program in (ExtractVideoFeatures, ExtractAudioFeatures, RecordNullText):
+        assert inspect.signature(program).parameters["tf32"].default is True, program

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from absl import logging
@@ -326,6 +326,19 @@ def encode_captions(clip, captions: list[str], bf16: bool) -> torch.Tensor:
     device = dist.info().device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         return clip.encode_text(captions).float()
+
+
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on CUDA while the block runs, as the reference extracts
+    (FACTS: TF32 on for matmul and cuDNN), then the previous settings. A CPU has no TF32: its
+    features stay strict float32 (the fixtures' precision)."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def encode_null_text(clip, bf16: bool) -> torch.Tensor:

@@ -21,6 +21,7 @@ from mmgin import dist
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import (
     encode_captions,
+    cuda_tf32,
     encode_null_text,
     stop_if_nothing_planned,
     Extraction,
@@ -122,7 +123,7 @@ class ExtractAudioFeatures(Program):
     """Audio-text set -> store ``output_dir`` (+ ``<name>.tsv`` with id, caption, + failures).
 
     ``codec`` (an AudioCodec) fixes the mode (16 kHz or 44.1 kHz). Audio is peak-normalised
-    over the whole file and silent files are rejected, as in the reference. ``bf16``,
+    over the whole file and silent files are rejected, as in the reference. ``bf16``, ``tf32``,
     ``feature_dtype`` and ``dedup_text`` as in ExtractVideoFeatures, and
     ``overwrite``/``append``.
     """
@@ -140,6 +141,7 @@ class ExtractAudioFeatures(Program):
         text_batch_size: int = 64,
         num_workers: int = 8,
         bf16: bool = False,
+        tf32: bool = True,
         feature_dtype: str = "bfloat16",
         dedup_text: bool = True,
         overwrite: bool = False,
@@ -152,6 +154,7 @@ class ExtractAudioFeatures(Program):
         self.sequence = SequenceConfig.for_mode(codec.mode, duration)
         self.batch_size, self.text_batch_size, self.num_workers = batch_size, text_batch_size, num_workers
         self.bf16 = bf16
+        self.tf32 = tf32
         self.store_format = StoreFormat(feature_dtype, dedup_text)
         self.overwrite, self.append = overwrite, append
         self.times = StageTimes()
@@ -198,5 +201,6 @@ class ExtractAudioFeatures(Program):
             self.store, plan, decoder, self.encode_batch, self.encode_text, self.encode_null_text,
             self.batch_size, self.text_batch_size, self.num_workers, self.overwrite, self.times,
         )
-        summary = extraction.run()
+        with cuda_tf32(self.tf32):
+            summary = extraction.run()
         log_summary(self.store, summary, time.perf_counter() - start, extraction.times)

@@ -21,6 +21,7 @@ from mmgin import dist
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import (
     encode_captions,
+    cuda_tf32,
     encode_null_text,
     stop_if_nothing_planned,
     Extraction,
@@ -99,8 +100,10 @@ class ExtractVideoFeatures(Program):
 
     ``codec`` (an AudioCodec) fixes the mode: 16 kHz (latents 250x20) or 44.1 kHz (345x40).
     ``normalize_audio`` peak-normalises the soundtrack (the reference does for training sets,
-    not for val/test). ``bf16`` runs the encoders under bfloat16 autocast (fp32 by default,
-    as the reference: bf16 features differ from fp32 by ~1e-2 relative, see bench/README.md).
+    not for val/test). The encoders run in float32, on CUDA with TF32 matmuls (``tf32``, the
+    reference's setting: features within ~1e-3 relative of strict float32; a CPU is always
+    strict float32). ``bf16`` runs them under bfloat16 autocast instead (faster; features differ
+    from float32 by ~1e-2 relative, see bench/README.md).
     ``compile`` compiles the CLIP image tower and Synchformer with ``compile_backend``
     (static shapes; a minute or two of compilation on the first batch, then faster batches).
     ``feature_dtype``/``dedup_text`` choose the store layout; 'float32' and False give the
@@ -122,6 +125,7 @@ class ExtractVideoFeatures(Program):
         text_batch_size: int = 64,
         num_workers: int = 8,
         bf16: bool = False,
+        tf32: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
         feature_dtype: str = "bfloat16",
@@ -137,6 +141,7 @@ class ExtractVideoFeatures(Program):
         self.normalize_audio = normalize_audio
         self.batch_size, self.text_batch_size, self.num_workers = batch_size, text_batch_size, num_workers
         self.bf16 = bf16
+        self.tf32 = tf32
         self.compile, self.compile_backend = compile, compile_backend
         self.store_format = StoreFormat(feature_dtype, dedup_text)
         self.overwrite, self.append = overwrite, append
@@ -202,5 +207,6 @@ class ExtractVideoFeatures(Program):
             self.store, plan, decoder, self.encode_batch, self.encode_text, self.encode_null_text,
             self.batch_size, self.text_batch_size, self.num_workers, self.overwrite, self.times,
         )
-        summary = extraction.run()
+        with cuda_tf32(self.tf32):
+            summary = extraction.run()
         log_summary(self.store, summary, time.perf_counter() - start, extraction.times)

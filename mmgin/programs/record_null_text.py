@@ -20,7 +20,7 @@ from absl import logging
 
 from mmgin import dist
 from mmgin.data import null_text
-from mmgin.data.extraction import encode_null_text
+from mmgin.data.extraction import cuda_tf32, encode_null_text
 from mmgin.data.store import FeatureStore, StoreError
 
 
@@ -29,7 +29,8 @@ class RecordNullText:
     """Writes ``clip``'s encoding of '' into every store of ``stores`` (rank 0 only).
 
     A store that already records a different feature is refused unless ``overwrite``: its text
-    features may come from another encoder, which a new record would hide, not fix.
+    features may come from another encoder, which a new record would hide, not fix. ``bf16`` and
+    ``tf32`` should be the extraction's.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class RecordNullText:
         stores: Sequence[str | Path] = gin.REQUIRED,
         clip=gin.REQUIRED,
         bf16: bool = False,
+        tf32: bool = True,
         overwrite: bool = False,
     ):
         if isinstance(stores, (str, Path)):
@@ -46,13 +48,15 @@ class RecordNullText:
             FeatureStore.open(store)  # a missing or broken store stops here, before any encoding
         self.clip = clip
         self.bf16 = bf16
+        self.tf32 = tf32
         self.overwrite = overwrite
 
     def run(self) -> None:
         if not dist.is_main():
             return
         self.clip.to(dist.info().device)
-        feature = encode_null_text(self.clip, self.bf16)
+        with cuda_tf32(self.tf32):  # as the extraction encoded the captions
+            feature = encode_null_text(self.clip, self.bf16)
         for store in self.stores:
             self._record(store, feature)
 
