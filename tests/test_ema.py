@@ -44,6 +44,8 @@ def test_update_follows_the_power_ema_with_step_size_correction(tmp_path):
             for k in profile:
                 profile[k] = profile[k] * beta + online[k] * (1 - beta)
         ema.update()
+        if ema.snapshot_due():  # as Train writes them, after the step
+            ema.write_snapshots()
     for index, profile in enumerate(expected):
         mine = ema.profile_state_dict(index)
         for k, v in profile.items():

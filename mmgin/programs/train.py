@@ -29,6 +29,9 @@ TensorBoard tags (rank 0; scalars unless noted):
     val/loss, val/loss_by_t  validation loss (same noise every pass) and its t histogram
     sample/<k>/audio, sample/<k>/mel           generated audio of validation item k, its mel image
     sample/<k>/audio_gt, sample/<k>/mel_gt     the item's ground truth (decoded VAE mean)
+    time/<phase>_s           seconds of a phase outside the training step, at the iteration it ran:
+                             ema_snapshot, validation (the first includes compiling it), sampling,
+                             checkpoint; none of them counts in train/samples_per_s
     config                   text: the operative gin config
     data/mixture             text: the training mixture (rows, rates, shares per store)
     <hook tag>/<metric>      evaluation metrics written by the evaluation hook (e.g. val/FD-VGG)
@@ -61,7 +64,7 @@ from mmgin.train import checkpoint as ckpt
 from mmgin.train import ema as ema_lib
 from mmgin.train import reference_run
 from mmgin.train.batches import MicroBatchSource, accumulation_steps, to_device
-from mmgin.train.metrics import Throughput, Writer, format_duration, peak_flops
+from mmgin.train.metrics import PhaseTimes, Throughput, Writer, format_duration, peak_flops
 from mmgin.train.optim import WarmupStepSchedule, adamw
 from mmgin.train.spectrogram import spectrogram_image
 from mmgin.train.trainer import NonFiniteError, Trainer
@@ -541,6 +544,7 @@ class Train(Program):
             self.accumulation, self.micro_batch_size, self.source.steps_per_epoch(),
         )
         throughput = Throughput()
+        first_validation = True
         vote = preemption.StepVote(stop, self.device)
         try:
             while trainer.iteration < self.num_iterations:
@@ -552,14 +556,22 @@ class Train(Program):
                 extra_start = time.perf_counter()
                 if it % self.log_every == 0 or it == self.num_iterations:
                     self._log_train(writer, throughput, flops, peak)
+                phases = PhaseTimes()
+                if trainer.ema is not None and trainer.ema.snapshot_due():
+                    phases.run("ema_snapshot", trainer.ema.write_snapshots)
                 if self.val_loader is not None and (it % self.val_every == 0 or it == self.num_iterations):
-                    self._validate(writer)
+                    phases.run("validation", lambda: self._validate(writer))
+                    if first_validation:  # compiled on first use: paid once per run
+                        dist.log_main("the first validation pass took %.1f s, compiling it included",
+                                      phases.seconds["validation"])
+                        first_validation = False
                 if (self.val_dataset is not None and self.codec is not None
                         and (it % self.sample_every == 0 or it == self.num_iterations)):
-                    self._sample(writer)
+                    phases.run("sampling", lambda: self._sample(writer))
                 saved = it % self.checkpoint_every == 0 or it == self.num_iterations
                 if saved:
-                    self._save_checkpoint()
+                    phases.run("checkpoint", self._save_checkpoint)
+                writer.scalars(phases.scalars(), it)
                 throughput.exclude(time.perf_counter() - extra_start)
                 if vote.stop_agreed() and it < self.num_iterations:
                     self._stop_after_sigterm(saved)

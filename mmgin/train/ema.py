@@ -122,8 +122,11 @@ class PostHocEMA:
             for gamma, profile in zip(self.gammas, self.profiles):
                 beta = ema_beta(self.step, gamma, self.update_every, self.step_size_correction)
                 torch._foreach_lerp_(profile, online, 1.0 - beta)
-        if self.step % self.snapshot_every == 0:
-            self.write_snapshots()
+
+    def snapshot_due(self) -> bool:
+        """Whether this step's snapshot is to be written. The caller writes it (`write_snapshots`)
+        outside the timed training step: a snapshot copies every profile to the host and disk."""
+        return self.step > 0 and self.step % self.snapshot_every == 0
 
     def profile_state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """One profile as a network state dict (plain keys)."""

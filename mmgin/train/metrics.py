@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -136,6 +136,22 @@ class Throughput:
         result = (now - self.window_start - self.excluded, self.data_wait, self.iterations)
         self.window_start, self.data_wait, self.excluded, self.iterations = now, 0.0, 0.0, 0
         return result
+
+
+class PhaseTimes:
+    """Wall seconds of the phases run between two training steps (validation, checkpoint, ...),
+    each its own TensorBoard scalar, so the step time counts training alone."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, phase: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        phase()
+        self.seconds[name] = time.perf_counter() - start
+
+    def scalars(self) -> dict[str, float]:
+        return {f"time/{name}_s": seconds for name, seconds in self.seconds.items()}
 
 
 def format_duration(seconds: float) -> str:
