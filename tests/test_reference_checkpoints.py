@@ -98,7 +98,8 @@ def reference_optimizer_and_schedule(iteration: int) -> tuple[dict, dict]:
     return group, schedule.state_dict()
 
 
-def reference_checkpoint(entries: list[ManifestEntry], weights: dict, iteration: int) -> dict:
+def reference_checkpoint(entries: list[ManifestEntry], weights: dict, iteration: int,
+                         ema_step_as_buffers: bool = False) -> dict:
     """<exp>_ckpt_last.pth as the reference writes it after ``iteration`` steps: the moment of
     trainable parameter i is filled with a value of its own, so a wrong mapping would show."""
     trainable = [e for e in entries if e.key not in FROZEN and e.key not in RECOMPUTED_KEYS]
@@ -113,7 +114,11 @@ def reference_checkpoint(entries: list[ManifestEntry], weights: dict, iteration:
         for e in entries:
             if e.key not in RECOMPUTED_KEYS:
                 ema[f"ema_models.{profile}.ema_model.{e.key}"] = weights[e.key]
-        ema[f"ema_models.{profile}._extra_state"] = {"initted": torch.tensor(True), "step": torch.tensor(iteration)}
+        if ema_step_as_buffers:  # ema-pytorch's layout: buffers instead of the extra state
+            ema[f"ema_models.{profile}.initted"] = torch.tensor(True)
+            ema[f"ema_models.{profile}.step"] = torch.tensor(iteration)
+        else:
+            ema[f"ema_models.{profile}._extra_state"] = {"initted": torch.tensor(True), "step": torch.tensor(iteration)}
     ema["ema_models.1.ema_model.empty_clip_feat"] = torch.full((1, 1024), 0.25)
     optimizer = {"state": state, "param_groups": [group | {"params": list(range(len(trainable)))}]}
     return {"it": iteration - 1, "weights": weights, "optimizer": optimizer, "scheduler": schedule, "ema": ema}
@@ -175,6 +180,12 @@ def test_reference_settings_that_disagree_are_named(example_workspace, tmp_path)
     run(**{"adamw.eps": 1e-6})
     state = io.load_torch(ckpt.list_checkpoints(tmp_path / "run")[0])
     assert state["iteration"] == 22 and state["ema"]["step"] == 22
+    buffers = tmp_path / "buffers_ckpt_last.pth"
+    torch.save(reference_checkpoint(entries, released, 20, ema_step_as_buffers=True), buffers)
+    cli.run(FILES, train_params(example_workspace, tmp_path / "buffers_run", **{
+        "Train.continue_reference_run": str(buffers), "Train.num_iterations": 21, "adamw.eps": 1e-6}),
+        [str(REPO)], dry_run=False)
+    assert io.load_torch(ckpt.list_checkpoints(tmp_path / "buffers_run")[0])["ema"]["step"] == 21
     with pytest.raises(ValueError, match="set one of Train.weights, Train.continue_reference_run"):
         run(**{"adamw.eps": 1e-6, "Train.weights": str(path)})
     with pytest.raises(CheckpointError, match="not a reference training checkpoint"):

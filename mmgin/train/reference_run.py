@@ -47,7 +47,7 @@ def continue_from(trainer: Trainer, state: Mapping[str, Any], path: Path) -> Non
     iteration = int(state["scheduler"]["last_epoch"])
     _set_schedule(trainer, iteration, state["scheduler"], path)
     if trainer.ema is not None:
-        _load_ema(trainer.ema, state.get("ema"), path)
+        _load_ema(trainer.ema, state.get("ema"), path, iteration)
     logging.info(
         "continuing the reference run of %s at iteration %d (its 'it' is %s): weights, optimizer, "
         "schedule and EMA carried over; the reference keeps no data-loader or RNG state, so the data "
@@ -95,7 +95,19 @@ def _set_schedule(trainer: Trainer, iteration: int, saved: Mapping[str, Any], pa
         )
 
 
-def _load_ema(ema: PostHocEMA, saved: Mapping[str, Any] | None, path: Path) -> None:
+def _ema_progress(saved: Mapping[str, Any], path: Path, iteration: int) -> tuple[int, bool]:
+    """(step, initted) of the reference's EMA: its `_extra_state`, else `step`/`initted` buffers
+    (ema-pytorch's layout), else the iteration (every step updated it, as Train does)."""
+    extra = saved.get("ema_models.0._extra_state")
+    if isinstance(extra, Mapping) and "step" in extra:
+        return int(extra["step"]), bool(extra.get("initted", True))
+    if "ema_models.0.step" in saved:
+        return int(saved["ema_models.0.step"]), bool(saved.get("ema_models.0.initted", True))
+    logging.warning("%s records no EMA step; taking the iteration, %d", path, iteration)
+    return iteration, True
+
+
+def _load_ema(ema: PostHocEMA, saved: Mapping[str, Any] | None, path: Path, iteration: int) -> None:
     if saved is None:
         logging.warning("%s has no EMA state: the EMA profiles start from the current weights", path)
         return
@@ -109,9 +121,9 @@ def _load_ema(ema: PostHocEMA, saved: Mapping[str, Any] | None, path: Path) -> N
                 f"{len(ema.sigma_rels)} profiles (Train.ema_sigma_rels = {ema.sigma_rels})"
             )
         profiles.append([saved[prefix + k] for k in ema.keys])
-    extra = saved.get("ema_models.0._extra_state", {})
+    step, initted = _ema_progress(saved, path, iteration)
     ema.load_state_dict({
-        "step": int(extra.get("step", 0)), "initted": bool(extra.get("initted", True)),
+        "step": step, "initted": initted,
         "sigma_rels": list(ema.sigma_rels), "keys": list(ema.keys), "profiles": profiles,
     })
     logging.info("EMA profiles 0..%d of %s taken as sigma_rel %s (the reference does not record them)",
