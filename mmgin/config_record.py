@@ -66,8 +66,7 @@ class ParsedConfig:
 
     def _includes(self, text: str, here: Path) -> Iterator[Path]:
         for line in text.splitlines():
-            match = _INCLUDE.match(line)
-            included = self._find(match.group(1), here) if match else None
+            included = self._included(line, here)
             if included is not None:
                 yield included
 
@@ -78,8 +77,7 @@ class ParsedConfig:
         seen.add(path)
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             yield path, number, line
-            match = _INCLUDE.match(line)
-            included = self._find(match.group(1), path.parent) if match else None
+            included = self._included(line, path.parent)
             if included is not None:
                 yield from self._lines(included, seen)
 
@@ -89,8 +87,7 @@ class ParsedConfig:
         seen.add(path)
         lines = [f"\n# ---- file: {path}\n"]
         for line in path.read_text().splitlines(keepends=True):
-            match = _INCLUDE.match(line)
-            included = self._find(match.group(1), path.parent) if match else None
+            included = self._included(line, path.parent)
             if included is None:
                 lines.append(line)
             else:
@@ -98,6 +95,11 @@ class ParsedConfig:
                 lines.append(self._expanded(included, seen))
                 lines.append(f"\n# ---- back in: {path}\n")
         return "".join(lines)
+
+    def _included(self, line: str, here: Path) -> Path | None:
+        """The file an `include` line names, found as gin finds it; None for any other line."""
+        match = _INCLUDE.match(line)
+        return self._find(match.group(1), here) if match else None
 
     def _find(self, name: str, here: Path) -> Path | None:
         for root in [Path.cwd(), *self.search_path, here]:

@@ -32,6 +32,7 @@ from mmgin.media.write import write_audio
 from mmgin.model import FlowMatching, MMAudio, SequenceConfig, network_kwargs
 from mmgin.model.network import VARIANTS
 from mmgin.programs.base import Program
+from mmgin.train import checkpoint as ckpt
 from mmgin.weights import MissingWeightsError, resolve as resolve_weights
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
@@ -50,13 +51,9 @@ def load_network_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], int
             f"Evaluate.weights={path} does not exist: give a released mmaudio_<name>.pth, an EMA "
             f"file written by SynthesizeEMA, or a training checkpoint (checkpoints/ckpt_*.pth).\n{missing}"
         ) from None
-    state = io.load_torch(path)
-    if isinstance(state, dict) and "network" in state and "iteration" in state:
-        return state["network"], int(state["iteration"])
-    if isinstance(state, dict) and "weights" in state and "it" in state:  # reference <exp>_ckpt_last.pth
-        return state["weights"], int(state["it"])
-    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state, None
+    found = ckpt.weights_in(io.load_torch(path))
+    if found is not None:
+        return found
     raise ValueError(
         f"Evaluate.weights={path} is neither a network state dict (released / EMA format) nor an "
         "mmgin training checkpoint (a dict with 'network' and 'iteration')"

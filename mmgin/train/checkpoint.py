@@ -177,6 +177,21 @@ def load_file(path: str | Path, unusable: UsabilityCheck = lambda state: None) -
     return state
 
 
+def weights_in(state: Any) -> tuple[dict[str, torch.Tensor], int | None] | None:
+    """The network tensors a loaded file holds and the iteration it records (None if none), or
+    None when it holds none: an mmgin training checkpoint ('network', 'iteration'), a reference
+    one (<exp>_ckpt_last.pth: 'weights', 'it') or a bare state dict of tensors."""
+    if not isinstance(state, dict) or not state:
+        return None
+    if "network" in state and "iteration" in state:
+        return state["network"], int(state["iteration"])
+    if "weights" in state and "it" in state:
+        return state["weights"], int(state["it"])
+    if all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state, None
+    return None
+
+
 def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Network weights from any file that holds them.
 
@@ -193,12 +208,9 @@ def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # torch's own text may advise unsafe loading: never shown
         raise CheckpointError(f"Train.weights={path} is unreadable ({unreadable_reason(e)}); "
                               "point it at a weights file or a training checkpoint") from None
-    if isinstance(state, dict) and "network" in state and "iteration" in state:
-        return state["network"]
-    if isinstance(state, dict) and "weights" in state and "it" in state:
-        return state["weights"]
-    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state
+    found = weights_in(state)
+    if found is not None:
+        return found[0]
     raise CheckpointError(
         f"Train.weights={path} is neither a network file (a bare state dict: released "
         "mmaudio_*.pth, <exp>_last.pth, ema_final.pth) nor a training checkpoint (mmgin's, or the "

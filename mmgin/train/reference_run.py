@@ -21,7 +21,7 @@ import torch
 from absl import logging
 
 from mmgin import io
-from mmgin.train.checkpoint import CheckpointError
+from mmgin.train.checkpoint import CheckpointError, unreadable_reason
 from mmgin.train.ema import PostHocEMA
 from mmgin.train.trainer import OPTIMIZER_SETTINGS, Trainer
 
@@ -148,7 +148,7 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         state = io.load_torch(path, mmap=True)
     except Exception as e:  # torch's own text may advise unsafe loading: never shown
-        raise CheckpointError(f"{path} is unreadable or not a torch checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(f"{path} is unreadable ({unreadable_reason(e)})") from None
     if not is_reference_checkpoint(state):
         raise CheckpointError(
             f"{path} is not a reference training checkpoint (<exp>_ckpt_last.pth with "
