@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from mmgin import io
+from mmgin import precision as numerics
 from mmgin.audio.codec import AudioCodec
 from mmgin.testing.recipe import read_manifest, recipe_state_dict, recipe_tensor
 from mmgin.vision.clip import build_clip
@@ -57,15 +58,12 @@ def compare(name: str, run: Callable[[], torch.Tensor], device: torch.device,
     result: dict[str, Any] = {"feature": name, "fixture_tolerance": tolerance}
     with torch.inference_mode():
         reference, result["fp32_seconds"] = timed(run)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with numerics.autocast("bf16", device):
             low, result["bf16_seconds"] = timed(run)
         result["bf16"] = error_stats(low, reference, tolerance)
         if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            try:
+            with numerics.matmul_tf32(True):
                 tf32, result["tf32_seconds"] = timed(run)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             result["tf32"] = error_stats(tf32, reference, tolerance)
     result["max_abs_value"] = float(reference.abs().max())
     print(json.dumps(result), flush=True)

@@ -1,6 +1,6 @@
 """Evaluation throughput: generation (Euler + CFG) and decoding per batch, and FD cost.
 
-Times `generate_latents` (25 Euler steps, CFG 4.5, bf16 autocast on CUDA) and
+Times `generate_latents` (25 Euler steps, CFG 4.5, bf16 autocast) and
 `AudioCodec.decode_latent` for a network variant at a batch size, after one warm-up batch,
 and the Fréchet distance on 2048-d embeddings both ways (scipy sqrtm as av-benchmark, and the
 exact low-rank SVD mmgin uses when a set has fewer rows than dimensions). Prints JSON.
@@ -22,8 +22,9 @@ import torch
 
 from mmgin.audio import AudioCodec
 from mmgin.eval import metrics
-from mmgin.eval.generate import Conditions, generate_latents
+from mmgin import precision
 from mmgin.model import FlowMatching, get_network
+from mmgin.model.sampling import Conditions, generate_latents
 from mmgin.model.network import VARIANTS
 
 
@@ -51,7 +52,7 @@ def time_generation(args: argparse.Namespace, device: torch.device) -> dict:
         latents = generate_latents(network, flow, conditions, generator)
         _sync(device)
         middle = time.perf_counter()
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.inference_mode(), precision.autocast("bf16", device):
             codec.decode_latent(latents)
         _sync(device)
         if repeat > 0:  # the first batch warms up kernels and allocators

@@ -13,8 +13,8 @@ a few unique ones, linked under many names), then prints (and with --out writes)
                    process spent its time (per encoder, waiting for decoded blocks, writes)
   encoders_only_after_warmup   the encoders as the timed run configured them (e.g. compiled)
 
-    python bench/extract.py --bf16 --compile --out r.json   # GPU: 512 videos, batch 16, 12 workers
-    python bench/extract.py --smoke                          # CPU check: tiny encoders, 4 small videos
+    python bench/extract.py --precision bf16 --compile --out r.json   # GPU: 512 videos, batch 16, 12 workers
+    python bench/extract.py --smoke                                   # CPU check: tiny encoders, 4 small videos
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from mmgin.audio.codec import AudioCodec
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import row_loader
 from mmgin.model.sequence import SYNC_FPS, SequenceConfig
-from mmgin.programs.extract_video import ExtractVideoFeatures, VideoRowDecoder, move_to, plan_video_rows
+from mmgin.programs.extract_video import ExtractVideoFeatures, VideoRowDecoder, plan_video_rows
+from mmgin.programs.extraction_base import to_device
 from mmgin.programs.make_example_data import MakeExampleData
 from mmgin.testing.recipe import recipe_state_dict
 from mmgin.vision.clip import get_clip
@@ -118,7 +119,7 @@ def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor],
             program.encode_batch(batch)
         seconds = time.perf_counter() - start
     videos = timed * batch["waveform"].shape[0]
-    return {"bf16": program.bf16, "compile": program.compile, "videos": videos, "videos_per_s": videos / seconds,
+    return {"precision": program.precision, "compile": program.compile, "videos": videos, "videos_per_s": videos / seconds,
             "seconds_per_video": {k: round(v / videos, 4) for k, v in sorted(program.times.seconds.items())}}
 
 
@@ -128,7 +129,7 @@ def extraction_run(
     video_dir, video_tsv = make_videos(root, args.unique, videos, args.width, args.height, args.seconds)
     program = ExtractVideoFeatures(
         output_dir=runs / name, video_dir=video_dir, video_tsv=video_tsv, **encoders,
-        batch_size=args.batch_size, num_workers=args.workers, bf16=args.bf16, compile=args.compile,
+        batch_size=args.batch_size, num_workers=args.workers, precision=args.precision, compile=args.compile,
         tf32=args.tf32,
     )
     start = time.perf_counter()
@@ -150,7 +151,7 @@ def build_encoders(root: Path, args: argparse.Namespace, device: torch.device) -
         encoders = {"codec": AudioCodec(MODE, size="tiny", with_vocoder=False),
                     "clip": get_clip(size="tiny", **chunks["clip"]),
                     "synchformer": get_synchformer(size="tiny", **chunks["synchformer"])}
-    return {k: move_to(v, device) for k, v in encoders.items()}
+    return {k: to_device(v, device) for k, v in encoders.items()}
 
 
 def write(results: dict, path: Path | None) -> str:
@@ -163,7 +164,8 @@ def write(results: dict, path: Path | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny encoders and 4 small videos on the CPU")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the runs")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="the runs' ExtractVideoFeatures.precision (bf16: bfloat16 autocast)")
     parser.add_argument("--compile", action="store_true", help="compiled CLIP image tower and Synchformer")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false",
                         help="strict float32 extraction runs on CUDA (default: the programs' TF32)")
@@ -188,7 +190,7 @@ def main() -> None:
     info = dist.init()
     device = info.device
     results: dict[str, Any] = {
-        "device": str(device), "size": args.size, "bf16": args.bf16, "compile": args.compile, "tf32": args.tf32,
+        "device": str(device), "size": args.size, "precision": args.precision, "compile": args.compile, "tf32": args.tf32,
         "batch_size": args.batch_size, "workers": args.workers, "frame_batch": args.frame_batch,
         "segment_batch": args.segment_batch, "command": " ".join(sys.argv),
         "video": f"{args.width}x{args.height}, 25 fps, {args.seconds:g} s, {args.unique} unique files",
@@ -209,13 +211,15 @@ def main() -> None:
         results["encoders_only"] = {}
         for mode in args.encoder_modes:
             probe = ExtractVideoFeatures(output_dir=runs / "unused", video_dir=root, video_tsv=video_tsv,
-                                         **encoders, bf16=mode != "fp32", compile=mode == "bf16-compile")
+                                         **encoders, precision="fp32" if mode == "fp32" else "bf16",
+                                         compile=mode == "bf16-compile")
             results["encoders_only"][mode] = encoders_only(probe, batch, warmup=1, timed=2 if mode == "fp32" else 3)
             write(results, args.out)
         if not args.encoders_only:
             _, results["warmup_run"] = extraction_run(root, runs, "warmup", encoders, args, args.warmup_videos)
             write(results, args.out)
             program, results["timed_run"] = extraction_run(root, runs, "timed", encoders, args, args.videos)
+            write(results, args.out)  # kept even if the call's time runs out in the next stage
             results["encoders_only_after_warmup"] = encoders_only(program, batch, warmup=1, timed=3)
     dist.shutdown()
     print(write(results, args.out))

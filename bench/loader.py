@@ -27,9 +27,9 @@ from mmgin.data.store import StoreFormat
 from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
 
 LAYOUTS = {
-    "reference_fp32": StoreFormat("float32", False),
-    "bf16": StoreFormat("bfloat16", False),
-    "bf16_dedup_text (default)": StoreFormat("bfloat16", True),
+    "reference_fp32": StoreFormat("fp32", False),
+    "bf16": StoreFormat("bf16", False),
+    "bf16_dedup_text (default)": StoreFormat("bf16", True),
 }
 
 

@@ -66,10 +66,10 @@ def train(work: Path, nproc: int, steps: int, stores: dict[str, Path]) -> dict:
         f"VIDEO_STORES=['{stores['video']}']", f"AUDIO_STORES=['{stores['audio']}']",
         f"VAL_STORE='{stores['video']}'", f"OUTPUT_DIR='{out}'",
         f"Train.batch_size={GLOBAL_BATCH}", f"Train.micro_batch_size={min(MICRO_BATCH, GLOBAL_BATCH // nproc)}",
-        f"Train.num_iterations={steps}", "Train.log_every=20", f"Train.val_every={10 * steps}",
-        f"Train.sample_every={10 * steps}", f"Train.checkpoint_every={10 * steps}",
-        f"Train.ema_snapshot_every={10 * steps}", "Train.codec=None", "Train.num_workers=6",
-        "Train.final_ema_sigma_rel=None",
+        f"Train.num_iterations={steps}", "LogConfig.every=20", f"ValidationConfig.every={10 * steps}",
+        f"SamplingConfig.every={10 * steps}", f"CheckpointConfig.every={10 * steps}",
+        f"EMAConfig.snapshot_every={10 * steps}", "Train.codec=None", "Train.num_workers=6",
+        "EMAConfig.final_sigma_rel=None",
     ]
     wall = torchrun(nproc, "--gin_file=gin/small_16k.gin", *[f"--gin_param={p}" for p in params],
                     log=work / f"train_{nproc}gpu.log")

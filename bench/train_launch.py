@@ -82,9 +82,9 @@ def train_command(args: argparse.Namespace, stores: dict[str, Path], out: Path) 
         "VIDEO_STORES": [str(stores["video"])], "AUDIO_STORES": [str(stores["audio"])],
         "VAL_STORE": str(stores["val"]), "OUTPUT_DIR": str(out), "Train.codec": None,
         "Train.batch_size": args.batch, "Train.num_iterations": args.iterations,
-        "Train.log_every": args.log_every, "Train.val_every": args.val_every,
-        "Train.checkpoint_every": args.checkpoint_every, "Train.ema_snapshot_every": args.ema_snapshot_every,
-        "Train.num_workers": args.num_workers, "Train.final_ema_sigma_rel": None,
+        "LogConfig.every": args.log_every, "ValidationConfig.every": args.val_every,
+        "CheckpointConfig.every": args.checkpoint_every, "EMAConfig.snapshot_every": args.ema_snapshot_every,
+        "Train.num_workers": args.num_workers, "EMAConfig.final_sigma_rel": None,
     }
     files = [config_file(args.variant)]
     if args.smoke:

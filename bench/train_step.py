@@ -50,7 +50,7 @@ from mmgin.model.flops import training_flops_per_sample
 from mmgin.testing.recipe import recipe_rule
 from mmgin.train.metrics import peak_flops
 from mmgin.train.optim import adamw
-from mmgin.train.trainer import Trainer, wrap_ddp
+from mmgin.train.trainer import StepConfig, Trainer, wrap_ddp
 
 CFG_DROPOUT = 0.1
 GIB = 2**30
@@ -72,10 +72,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="DDP bucket size (default: DDP's 25 MB); DDPOptimizer splits the "
                              "compiled graph at bucket boundaries (25 MB: about one graph per block)")
     parser.add_argument(
-        "--autocast",
+        "--precision",
         choices=["bf16", "fp32"],
         default=None,
-        help="bf16 autocast (default on CUDA) or fp32 (default on CPU, where bf16 is emulated)",
+        help="StepConfig.precision: bf16 (default on CUDA) or fp32 (default on CPU, where bf16 is emulated)",
     )
     parser.add_argument("--activation-checkpointing", nargs="?", const="full", default=False,
                         choices=["full", "selective"], help="recompute blocks in the backward (default: full)")
@@ -145,13 +145,12 @@ def synthetic_batch(network: MMAudio, batch: int, device: torch.device) -> dict[
 
 def build_trainer(args: argparse.Namespace, network: MMAudio, device: torch.device) -> Trainer:
     """The training program's Trainer; compiled and DDP-wrapped here with the bench's options."""
-    precision = args.autocast or ("bf16" if device.type == "cuda" else "fp32")
-    trainer = Trainer(
-        network, FlowMatching(), device, virtual_ranks=[0], seed=0, precision=precision,
-        compile=False, make_optimizer=functools.partial(adamw, learning_rate=1e-4),
-        lr_schedule=lambda step: 1.0, clip_grad_norm=1.0, grad_scaler=False,
-        null_condition_probability=CFG_DROPOUT, independent_video_dropout=False, ema=None,
+    step = StepConfig(
+        precision=args.precision or ("bf16" if device.type == "cuda" else "fp32"), compile=False,
+        optimizer=functools.partial(adamw, learning_rate=1e-4), lr_schedule=lambda step: 1.0,
+        clip_grad_norm=1.0, grad_scaler=False, null_condition_probability=CFG_DROPOUT,
     )
+    trainer = Trainer(network, FlowMatching(), device, step, virtual_ranks=[0], seed=0)
     if args.compile:
         trainer.loss_fn = torch.compile(
             trainer.loss_fn, fullgraph=True, backend=args.compile_backend,
@@ -268,7 +267,7 @@ def run_batch(
     step_time = (time.perf_counter() - start) / args.steps
     window = trainer.collect_window()
     flops = training_flops_per_sample(network)
-    peak = peak_flops(device, trainer.precision, None if args.peak_flops is None else args.peak_flops / 1e12)
+    peak = peak_flops(device, trainer.config.precision, None if args.peak_flops is None else args.peak_flops / 1e12)
     result = {
         "variant": variant,
         "batch": batch,
@@ -281,7 +280,7 @@ def run_batch(
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None,
         "mfu": flops * batch / step_time / peak if peak else None,
         "train_tflops_per_sample": flops / 1e12,
-        "autocast": trainer.precision,
+        "precision": trainer.config.precision,
         "compile": args.compile,
         "compile_backend": args.compile_backend if args.compile else None,
         "compile_mode": args.compile_mode if args.compile else None,

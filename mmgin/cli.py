@@ -35,7 +35,7 @@ from mmgin.eval.cache import CacheFormatError
 from mmgin.eval.embedders import EmbeddingModelsUnavailable
 from mmgin.io import DiskFullError
 from mmgin.media.errors import MediaError
-from mmgin.programs.base import claimed
+from mmgin.programs.base import Program, claimed
 from mmgin.run_lock import OutputLockedError
 from mmgin.train.checkpoint import CheckpointError
 from mmgin.train.trainer import NonFiniteError
@@ -49,8 +49,8 @@ flags.DEFINE_multi_string("gin_param", [], "Gin binding applied after all files;
 flags.DEFINE_multi_string(
     "gin_search_path", [str(REPO_ROOT)], "Folders searched for --gin_file and include paths."
 )
-flags.DEFINE_bool("dry_run", False, "Parse, build the program, print the operative config, exit; "
-                  "writes nothing.")
+flags.DEFINE_bool("dry_run", False, "Parse, build the program as a real run would (network, "
+                  "optimizer, loaders), print the operative config, exit; writes nothing.")
 flags.DEFINE_bool("allow_dynamic_registration", False,
                   "Let --dry_run build a config that uses `from __gin__ import dynamic_registration` "
                   "(such a config can call any Python function while it is built).")
@@ -90,11 +90,9 @@ def resolve_gin_file(name: str, search_path: Sequence[str]) -> Path:
 
 def _required_macros() -> list[str]:
     """Macros still set to %gin.REQUIRED after parsing (gin itself reports only the first)."""
-    missing = []
-    for (name, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
-        if selector == "gin.macro" and str(params.get("value")) == "%gin.REQUIRED":
-            missing.append(name)
-    return sorted(missing)
+    config = gin.config._CONFIG  # pylint: disable=protected-access
+    return sorted(name for (name, selector), params in config.items()
+                  if selector == "gin.macro" and str(params.get("value")) == "%gin.REQUIRED")
 
 
 def _macros() -> tuple[set[str], set[str]]:
@@ -184,9 +182,14 @@ def _configured_device() -> str:
 
 
 def build():
-    """Builds the configured program; missing required parameters become ConfigError."""
+    """Constructs the configured program and builds it (`Program.build`: everything the run
+    would build before its first step, the output directory untouched); missing required
+    parameters become ConfigError."""
     try:
-        return launch()
+        program = launch()
+        if isinstance(program, Program):
+            program.build()
+        return program
     except RuntimeError as e:
         if "Required bindings" in str(e) or "not provided in config" in str(e):
             raise ConfigError(str(e).split("\n")[0]) from None
@@ -195,8 +198,8 @@ def build():
 
 def run(files: Sequence[str], params: Sequence[str], search_path: Sequence[str], dry_run: bool,
         allow_dynamic_registration: bool = False) -> int:
-    """Parses, builds and runs the program; a dry run prints its operative config and writes
-    nothing anywhere (it may point at a live run's directory)."""
+    """Parses, builds and runs the program; a dry run builds it as a real run would, prints its
+    operative config and writes nothing anywhere (it may point at a live run's directory)."""
     parse(files, params, search_path)
     if dry_run and not allow_dynamic_registration:
         refuse_dynamic_registration()
@@ -248,9 +251,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.gin_file and not FLAGS.gin_param:
         raise app.UsageError("give at least one --gin_file (see README.md)")
-    logging.set_verbosity(logging.INFO)
-    if int(os.environ.get("RANK", "0")) != 0:
-        logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     try:
         code = run(FLAGS.gin_file, FLAGS.gin_param, FLAGS.gin_search_path, FLAGS.dry_run,
                    FLAGS.allow_dynamic_registration)

@@ -25,8 +25,7 @@ class ParsedConfig:
     def text(self) -> str:
         """Every file with its includes expanded in place, then the params: one readable record."""
         parts = ["# config.gin: every file and --gin_param of this run, in the order parsed.\n"]
-        for path in self.files:
-            parts.append(self._expanded(path, set()))
+        parts += [self._expanded(path, set()) for path in self.files]
         if self.params:
             parts.append("\n# ---- --gin_param\n" + "\n".join(self.params) + "\n")
         return "".join(parts)
@@ -99,11 +98,10 @@ class ParsedConfig:
     def _included(self, line: str, here: Path) -> Path | None:
         """The file an `include` line names, found as gin finds it; None for any other line."""
         match = _INCLUDE.match(line)
-        return self._find(match.group(1), here) if match else None
-
-    def _find(self, name: str, here: Path) -> Path | None:
+        if match is None:
+            return None
         for root in [Path.cwd(), *self.search_path, here]:
-            candidate = (root / name).resolve()
+            candidate = (root / match.group(1)).resolve()
             if candidate.is_file():
                 return candidate
         return None
@@ -127,7 +125,7 @@ def write_parsed(path: Path) -> None:
     io.write_text(path, _current.text())
 
 
-def write_operative(output_dir: str | Path | None) -> None:
+def write_operative(output_dir: str | Path) -> None:
     """Saves every binding used so far as `<output_dir>/operative_config.gin` (rank 0).
 
     Gin lists a configurable only once it has been called, so this runs after the program is
@@ -135,6 +133,6 @@ def write_operative(output_dir: str | Path | None) -> None:
     A program that moved its output directory away (an extraction renames its `.partial` work
     directory to the store) took its record along: no empty directory is made again for it.
     """
-    if output_dir is None or not dist.is_main() or not Path(output_dir).is_dir():
+    if not dist.is_main() or not Path(output_dir).is_dir():
         return
     io.write_text(Path(output_dir) / OPERATIVE_CONFIG, gin.operative_config_str())

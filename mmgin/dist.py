@@ -130,10 +130,8 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
-        if info().device.type == "cuda":
-            torch_dist.barrier(device_ids=[info().device.index])
-        else:
-            torch_dist.barrier()
+        device = info().device
+        torch_dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import errno
 import glob
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
@@ -147,14 +148,12 @@ def safe_file_name(name: str) -> str:
     def plain(char: str) -> bool:
         return char not in "/\\%" and char.isprintable()
 
-    if name and name not in (".", "..") and all(plain(c) for c in name) and len(name.encode()) <= _NAME_BYTES:
-        return name
     if not name:
         return "%"
     if name in (".", ".."):
         return "%2E" * len(name)
     escaped = "".join(c if plain(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
-    if len(escaped.encode()) <= _NAME_BYTES:
+    if len(escaped.encode()) <= _NAME_BYTES:  # a plain name is its own escape
         return escaped
     digest = hashlib.sha1(name.encode()).hexdigest()[:16]
     head = escaped.encode()[: _NAME_BYTES - len(digest) - 2].decode(errors="ignore")
@@ -190,3 +189,11 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     page cache instead of holding its own copy of a multi-GB checkpoint.
     """
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why torch could not read a file, without torch's advice to load it unsafely."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+        return "not a file of tensors that loads safely (weights-only)"
+    return f"{type(error).__name__}: {text[:200]}"

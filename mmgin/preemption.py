@@ -35,15 +35,10 @@ class StopRequest:
     requested: bool = False
 
 
-def _terminate() -> None:
-    """Ends the process by SIGTERM's default action (its disposition is SIG_DFL by now)."""
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _grace_expired(grace_seconds: float) -> None:
     logging.error("did not stop within %.0f s of SIGTERM; stopping at once. Where it was:", grace_seconds)
     faulthandler.dump_traceback(all_threads=True)
-    _terminate()
+    os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM's default action: its disposition is SIG_DFL by now
 
 
 _active: StopRequest | None = None  # the request of the outermost block

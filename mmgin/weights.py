@@ -148,17 +148,15 @@ def lookup(name_or_file: str | os.PathLike) -> WeightFile | None:
 
 def entry(name: str) -> WeightFile:
     """The registry entry called ``name``; unknown names list the known ones."""
-    found = _BY_NAME.get(name)
-    if found is None:
+    if name not in _BY_NAME:
         raise KeyError(f"unknown weight name {name!r}; known: {', '.join(_BY_NAME)}")
-    return found
+    return _BY_NAME[name]
 
 
 def how_to_get(item: WeightFile, root: str | os.PathLike | None = None) -> str:
     """The fix-it text: URL, checksum and the download command for one entry."""
-    target = weights_dir(root)
     return (
-        f"Get it with:  python -m mmgin.weights download {item.name} --dir {target}\n"
+        f"Get it with:  python -m mmgin.weights download {item.name} --dir {weights_dir(root)}\n"
         f"  (source: {item.url}; {item.check_description()})"
     )
 
@@ -189,14 +187,8 @@ def _missing_hint(key: str, root: str | os.PathLike | None) -> str:
 
 
 def resolve(path_or_name: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """The weights file (or folder, e.g. the 44.1 kHz vocoder's) that ``path_or_name`` names.
-
-    A registry name (``vae_16k``) is its file in the weights directory. A path that exists,
-    absolute or relative to the working directory, is used as given. Any other relative path is
-    looked up in the weights directory (``root``, else $MMGIN_WEIGHTS_DIR, else the checkout's
-    ext_weights/). Raises MissingWeightsError naming each place tried and, for a registered
-    file, its URL, md5 and the download command.
-    """
+    """The weights file (or folder, e.g. the 44.1 kHz vocoder's) that ``path_or_name`` names, by
+    the module's rule (a registry name, ``vae_16k``, is its file in the weights directory)."""
     key = os.fspath(path_or_name)
     tried = _candidates(key, root)
     for path, _ in tried:
@@ -259,11 +251,6 @@ class DownloadInterrupted(WeightsError):
     """The transfer stopped early; the partial file is kept for resuming."""
 
 
-def source_url(item: WeightFile, url_base: str | None = None) -> str:
-    base = url_base if url_base is not None else os.environ.get(URL_BASE_ENV)
-    return f"{base.rstrip('/')}/{item.file}" if base else item.url
-
-
 def _fetch_into(url: str, part: Path, timeout: float, progress: bool, label: str) -> None:
     """Appends the rest of ``url`` to ``part`` (Range request when part is non-empty)."""
     have = part.stat().st_size if part.exists() else 0
@@ -299,15 +286,8 @@ def _fetch_into(url: str, part: Path, timeout: float, progress: bool, label: str
             raise DownloadInterrupted(f"{label}: connection closed after {received:,} of {total:,} bytes")
 
 
-def download(
-    name: str | WeightFile,
-    root: str | os.PathLike | None = None,
-    *,
-    url_base: str | None = None,
-    retries: int = 3,
-    timeout: float = 60.0,
-    progress: bool = True,
-) -> Path:
+def download(name: str | WeightFile, root: str | os.PathLike | None = None, *, url_base: str | None = None,
+             retries: int = 3, timeout: float = 60.0, progress: bool = True) -> Path:
     """Downloads one file (a registry name or entry), resuming a previous ``.part``, verifies it,
     and renames it into place.
 
@@ -324,7 +304,8 @@ def download(
         log.warning("%s: existing %s is bad (%s); downloading it again", item.name, target, problem)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
-    url = source_url(item, url_base)
+    base = url_base if url_base is not None else os.environ.get(URL_BASE_ENV)
+    url = f"{base.rstrip('/')}/{item.file}" if base else item.url
     for attempt in range(retries + 1):
         try:
             _fetch_into(url, part, timeout, progress, item.name)
@@ -351,19 +332,18 @@ def download(
 
 
 def verify(names: Iterable[str] | None = None, root: str | os.PathLike | None = None) -> dict[str, str]:
-    """Status per entry: 'ok', 'unverifiable', 'missing', or what is wrong."""
-    status = {}
-    for item in (entry(n) for n in names) if names else REGISTRY:
-        path = weights_dir(root) / item.file
-        if not path.is_file():
-            status[item.name] = "missing"
-            continue
-        problem = check_file(item, path)
-        if problem is not None:
-            status[item.name] = f"BAD: {problem}"
-        else:
-            status[item.name] = "ok" if (item.md5 or item.size) else "present (unverifiable)"
-    return status
+    """Status per entry: 'ok', 'present (unverifiable)', 'missing', or 'BAD: <what is wrong>'."""
+    return {item.name: _status(item, weights_dir(root) / item.file)
+            for item in ((entry(n) for n in names) if names else REGISTRY)}
+
+
+def _status(item: WeightFile, path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    problem = check_file(item, path)
+    if problem is not None:
+        return f"BAD: {problem}"
+    return "ok" if (item.md5 or item.size) else "present (unverifiable)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,9 @@ STEPS = 6
 def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
     """A 6-step run with a checkpoint every step, validation every 3, EMA snapshots every 2."""
     return example.train_params(workspace, out, **{
-        "Train.batch_size": 2, "Train.num_iterations": STEPS, "Train.checkpoint_every": 1,
-        "Train.val_every": 3, "Train.sample_every": 1000, "Train.ema_snapshot_every": 2,
-        "Train.deterministic": True, **overrides,
+        "Train.batch_size": 2, "Train.num_iterations": STEPS, "CheckpointConfig.every": 1,
+        "ValidationConfig.every": 3, "SamplingConfig.every": 1000, "EMAConfig.snapshot_every": 2,
+        "StepConfig.deterministic": True, **overrides,
     })
 
 
@@ -93,7 +93,7 @@ def test_sigkill_at_a_random_step_then_restart_is_bit_identical(example_workspac
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(example_workspace, uninterrupted, tmp_path, caplog):
     out = tmp_path / "run"
-    run_in_process(train_params(example_workspace, out, **{"Train.num_iterations": 4, "Train.checkpoint_every": 2}))
+    run_in_process(train_params(example_workspace, out, **{"Train.num_iterations": 4, "CheckpointConfig.every": 2}))
     newest = ckpt.checkpoint_path(out, 4)
     truncated = newest.read_bytes()[: newest.stat().st_size // 2]
     newest.write_bytes(truncated)
@@ -109,12 +109,12 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(example_workspac
 def test_explicit_checkpoint_resumes_and_corrupt_one_is_an_error(example_workspace, uninterrupted, tmp_path):
     source = ckpt.checkpoint_path(uninterrupted, STEPS - 1)
     out = tmp_path / "run"
-    run_in_process(train_params(example_workspace, out, **{"Train.checkpoint": str(source)}))
+    run_in_process(train_params(example_workspace, out, **{"CheckpointConfig.resume_from": str(source)}))
     assert_identical(final_state(uninterrupted), final_state(out))
     broken = tmp_path / "broken.pth"
     broken.write_bytes(source.read_bytes()[:1000])
     with pytest.raises(ckpt.CheckpointError, match="unreadable"):
-        run_in_process(train_params(example_workspace, tmp_path / "other", **{"Train.checkpoint": str(broken)}))
+        run_in_process(train_params(example_workspace, tmp_path / "other", **{"CheckpointConfig.resume_from": str(broken)}))
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):

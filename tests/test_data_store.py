@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -282,7 +283,7 @@ def test_append_keeps_the_stores_rows_and_resumes(tmp_path, monkeypatch, killed_
 def test_append_to_a_deduplicated_store_shifts_the_new_text_indices(tmp_path):
     store = tmp_path / "set"
     old = write_synthetic_store(store, "video", 3, latent_shape=(4, 2), captions=["dog", "cat", "dog"], id_prefix="v")
-    with pytest.raises(StoreError, match="laid out with feature_dtype='bfloat16', dedup_text=True"):
+    with pytest.raises(StoreError, match="laid out with feature_dtype='bf16', dedup_text=True"):
         _append_to(store, ["cat"])  # configured for the reference layout
     stored = tsv_io.read_table(StorePaths(store).tsv)
     plan = Plan(("id", "label"), [PlannedRow({"id": "n0", "label": "owl"}, "owl", "/media/n0.mp4")],
@@ -300,3 +301,16 @@ def test_append_to_a_deduplicated_store_shifts_the_new_text_indices(tmp_path):
     assert torch.equal(rows["text_features"][:3], old["text_features"].bfloat16().float())
     assert torch.equal(rows["text_features"][3], torch.ones(77, 1024))
     assert TensorDict.load_memmap(store)["text_index"].tolist() == [0, 1, 0, 2]
+
+
+def test_plan_json_keeps_the_storage_dtype_names_the_setting_words_stand_for():
+    """`feature_dtype` takes the precision words, but plan.json (which a resumed run, maybe of
+    another mmgin version, compares with its own plan) records the torch dtype names it always
+    recorded."""
+    for word, name in (("bf16", "bfloat16"), ("fp32", "float32"), ("fp16", "float16")):
+        plan = Plan(("id", "label"), [PlannedRow({"id": "a", "label": "x"}, "x", "/a.mp4")],
+                    {"mean": (4, 2)}, (77, 1024), StoreFormat(word, True))
+        assert json.loads(plan.to_json())["format"] == [name, True]
+        assert Plan.from_json(plan.to_json()) == plan
+    with pytest.raises(ValueError, match="feature_dtype='bfloat16'"):
+        StoreFormat("bfloat16")

@@ -18,8 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mmgin import cli, io
 from mmgin.eval.benchmark import ALL_METRICS
-from mmgin.model import get_network
-from mmgin.programs.evaluate import load_network_weights
+from mmgin.model import NetworkFileError, get_network
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_PUBLIC = Path(__file__).resolve().parent / "fixtures" / "eval_public"
@@ -142,17 +141,24 @@ def test_torchrun_ranks_take_strided_shards_with_their_own_seeds(tiny_weights, t
     assert np.abs(second[0] - second[1]).max() > 100
 
 
-def test_weights_formats_and_bad_inputs(tiny_weights, tmp_path):
-    state, iteration = load_network_weights(tiny_weights)
-    assert iteration is None and "latent_mean" in state
-    checkpoint = tmp_path / "ckpt_000000100.pth"
-    io.save_torch({"iteration": 100, "network": state, "optimizer": {}}, checkpoint)
-    assert load_network_weights(checkpoint)[1] == 100
-    torch.save([1, 2], tmp_path / "junk.pth")
-    with pytest.raises(ValueError, match="neither a network state dict"):
-        load_network_weights(tmp_path / "junk.pth")
-    with pytest.raises(FileNotFoundError, match="Evaluate.weights=.*does not exist"):
-        load_network_weights(tmp_path / "missing.pth")
+def test_dry_run_builds_the_network_codec_and_source(example_workspace, tiny_weights, tmp_path):
+    """A dry run stops on what the run would stop on: no input, a file that holds no network,
+    a missing file, a codec of another mode, a bad precision; and passes with good settings."""
+    def dry(params: list[str]) -> int:
+        return cli.run(["gin/evaluate_16k.gin", *TINY], FAST + [f"OUTPUT_DIR = '{tmp_path}/o'", *params],
+                       [str(REPO)], dry_run=True)
+
+    store = f"STORE = '{example_workspace / 'stores' / 'video-16k'}'"
     with pytest.raises(ValueError, match="exactly one input"):
-        cli.run(["gin/evaluate_16k.gin", *TINY], FAST + [f"WEIGHTS = '{tiny_weights}'",
-                f"OUTPUT_DIR = '{tmp_path}/o'"], [str(REPO)], dry_run=True)
+        dry([f"WEIGHTS = '{tiny_weights}'"])
+    torch.save([1, 2], tmp_path / "junk.pth")
+    with pytest.raises(NetworkFileError, match="^Evaluate.weights=.*junk.pth: holds no network"):
+        dry([f"WEIGHTS = '{tmp_path / 'junk.pth'}'", store])
+    with pytest.raises(FileNotFoundError, match="^Evaluate.weights=.*missing.pth does not exist"):
+        dry([f"WEIGHTS = '{tmp_path / 'missing.pth'}'", store])
+    with pytest.raises(ValueError, match="Evaluate.codec is 44k but network tiny_16k"):
+        dry([f"WEIGHTS = '{tiny_weights}'", store, "AudioCodec.mode = '44k'"])
+    with pytest.raises(ValueError, match="Evaluate.precision='bfloat16'"):
+        dry([f"WEIGHTS = '{tiny_weights}'", store, "Evaluate.precision = 'bfloat16'"])
+    assert dry([f"WEIGHTS = '{tiny_weights}'", store, "Evaluate.precision = 'fp32'"]) == 0
+    assert not (tmp_path / "o").exists()

@@ -22,12 +22,12 @@ def test_example_pipeline_runs_every_stage(tmp_path, caplog):
         "MakeExampleData.num_videos = 1",
         "MakeExampleData.num_audios = 1",
         "Train.num_iterations = 4",
-        "Train.log_every = 2",
-        "Train.val_every = 2",
-        "Train.sample_every = 4",
-        "Train.checkpoint_every = 4",
-        "Train.ema_snapshot_every = 2",
-        "Train.tensorboard_samples = 1",
+        "LogConfig.every = 2",
+        "ValidationConfig.every = 2",
+        "SamplingConfig.every = 4",
+        "CheckpointConfig.every = 4",
+        "EMAConfig.snapshot_every = 2",
+        "SamplingConfig.tensorboard_samples = 1",
         "FlowMatching.num_steps = 2",
     ]
     # People make output folders first (mkdir -p): every program takes them when empty.

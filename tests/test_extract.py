@@ -178,18 +178,24 @@ def test_a_folder_with_files_in_the_store_place_is_refused_and_kept(example_work
     assert [p.name for p in store.iterdir()] == ["notes.txt"]
 
 
-def test_tf32_is_on_only_while_extracting_and_is_the_programs_default():
-    from mmgin.data.extraction import cuda_tf32
+def test_precision_words_and_tf32_defaults_of_the_programs(example_workspace):
+    """float32 with TF32 by default; `precision` and `feature_dtype` take mmgin.precision's
+    words, and another word is refused naming the setting."""
     from mmgin.programs.extract_audio import ExtractAudioFeatures
     from mmgin.programs.extract_video import ExtractVideoFeatures
     from mmgin.programs.record_null_text import RecordNullText
 
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with cuda_tf32(True):
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        with cuda_tf32(False):
-            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-        assert torch.backends.cuda.matmul.allow_tf32
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
     for program in (ExtractVideoFeatures, ExtractAudioFeatures, RecordNullText):
-        assert inspect.signature(program).parameters["tf32"].default is True, program
+        parameters = inspect.signature(program).parameters
+        assert parameters["tf32"].default is True and parameters["precision"].default == "fp32", program
+    for program in (ExtractVideoFeatures, ExtractAudioFeatures):
+        assert inspect.signature(program).parameters["feature_dtype"].default == "bf16", program
+    audio = [f"AUDIO_DIR = '{example_workspace / 'audios'}'", f"CAPTIONS_TSV = '{example_workspace / 'captions.tsv'}'",
+             f"CLIPS_TSV = '{example_workspace / 'clips.tsv'}'", f"OUTPUT_DIR = '{example_workspace / 'unused'}'"]
+    for binding, message in (("ExtractAudioFeatures.precision = 'bfloat16'", "ExtractAudioFeatures.precision='bfloat16'"),
+                             ("ExtractAudioFeatures.precision = 'fp16'", "ExtractAudioFeatures.precision='fp16'"),
+                             ("ExtractAudioFeatures.feature_dtype = 'float32'",
+                              "ExtractAudioFeatures.feature_dtype='float32'")):
+        with pytest.raises(ValueError, match=message):
+            cli.run(["gin/extract_audio_16k.gin", TINY], audio + [binding], [str(REPO)], dry_run=True)
+    assert not (example_workspace / "unused").exists()

@@ -62,16 +62,18 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
         if audio_seconds:
-            _write_tone(container, audio, audio_seconds)
+            write_tone(container, audio, audio_seconds)
     return path
 
 
-def _write_tone(container, stream, seconds: float) -> None:
-    t = np.arange(int(seconds * 16000)) / 16000
+def write_tone(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+    """Encodes ``seconds`` of a mono 440 Hz tone at the audio ``stream``'s rate, and flushes it
+    (the soundtrack of the test videos; also used by test_vision_on_video)."""
+    t = np.arange(int(seconds * stream.rate)) / stream.rate
     wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
     for start in range(0, wave.shape[1], 1024):
         frame = av.AudioFrame.from_ndarray(wave[:, start : start + 1024], format="fltp", layout="mono")
-        frame.sample_rate = 16000
+        frame.sample_rate = stream.rate
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode():
@@ -217,7 +219,7 @@ def test_absurd_frame_rate_is_rejected(tmp_path):
 def test_audio_only_file_has_no_video_stream(tmp_path):
     path = tmp_path / "audio.mp4"
     with av.open(str(path), "w") as container:
-        _write_tone(container, container.add_stream("aac", rate=16000), 2.0)
+        write_tone(container, container.add_stream("aac", rate=16000), 2.0)
     with pytest.raises(errors.NoVideoStream) as info:
         load_video_frames(path)
     assert info.value.reason == "no_video_stream"

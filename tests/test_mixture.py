@@ -15,7 +15,7 @@ from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
 from mmgin.data.loader import DistributedBatchLoader
 from mmgin.data.mixture import DatasetMixture
 from mmgin.testing.example import train_params, write_synthetic_store
-from mmgin.train.data import training_mixture, validation_dataset
+from mmgin.data.training_sets import training_mixture, validation_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]
@@ -136,7 +136,7 @@ def test_audio_only_run_validates_on_an_audio_store_and_logs_the_mixture(example
     out = tmp_path / "out"
     params = train_params(example_workspace, out, VIDEO_STORES=[], VAL_STORE=str(stores / "audio-16k"),
                           **{"training_mixture.rates": {"audio-16k": 1.5}, "Train.num_iterations": 2,
-                             "Train.sample_every": 2, "Train.checkpoint_every": 2})
+                             "SamplingConfig.every": 2, "CheckpointConfig.every": 2})
     assert cli.run(FILES, params, [str(REPO)], dry_run=False) == 0
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()

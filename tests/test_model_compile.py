@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mmgin.model import FlowMatching, get_network
 from mmgin.model.flops import training_flops_per_sample
-from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
+from mmgin.train.loss import FlowLoss, draw_noise, loss_inputs
 from mmgin.train.trainer import wrap_ddp
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
@@ -114,7 +114,7 @@ def test_benchmark_script_runs_on_cpu(bench: ModuleType, tmp_path: Path) -> None
     results = bench.main(argv)
     assert json.loads(out.read_text()) == results
     (result,) = results
-    assert result["variant"] == "tiny_16k" and result["batch"] == 1 and result["autocast"] == "fp32"
+    assert result["variant"] == "tiny_16k" and result["batch"] == 1 and result["precision"] == "fp32"
     assert result["activation_checkpointing"] == "full" and result["compile"] is False
     assert result["samples_per_s"] > 0 and result["mfu"] is None  # no known peak on a CPU
     network = get_network("tiny_16k")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmgin.model import FlowMatching, MMAudio, get_network, network_from_state_dict
+from mmgin.model import FlowMatching, MMAudio, NetworkFileError, get_network, network_from_state_dict
 from mmgin.testing.recipe import recipe_state_dict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -150,16 +150,18 @@ def test_euler_25_steps_end_to_end(small_16k: MMAudio) -> None:
 
 
 def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(FileNotFoundError, match="^get_network.checkpoint=.*missing.pth does not exist"):
         get_network("tiny_16k", checkpoint=tmp_path / "missing.pth")
     path = tmp_path / "tiny_16k.pth"
-    torch.save(get_network("tiny_16k").state_dict(), path)
-    with pytest.raises(ValueError, match="tiny_16k.pth: this state dict does not fit network 'tiny_44k'"):
+    trained = get_network("tiny_16k", latent_mean=torch.zeros(20), latent_std=torch.ones(20),
+                          empty_string_feat=torch.zeros(77, 1024)).state_dict()
+    torch.save(trained, path)
+    with pytest.raises(NetworkFileError, match="^get_network.checkpoint=.*16k.pth: the weights do not fit"):
         get_network("tiny_44k", checkpoint=path)
-    torch.save({"network": get_network("tiny_16k").state_dict()}, path)
-    with pytest.raises(ValueError, match="not a bare state dict"):
+    torch.save({"network": trained}, path)
+    with pytest.raises(NetworkFileError, match="holds no network weights"):
         get_network("tiny_16k", checkpoint=path)
-    state = get_network("tiny_16k").state_dict()
+    state = dict(trained)
     del state["empty_sync_feat"]
     torch.save(state, path)
     with pytest.raises(ValueError, match="empty_sync_feat"):

@@ -20,7 +20,7 @@ from mmgin.vision import get_clip
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["gin/small_16k.gin", "gin/test/tiny_train.gin"]
-ONE_STEP = {"Train.num_iterations": 1, "Train.checkpoint_every": 1, "Train.ema": False,
+ONE_STEP = {"Train.num_iterations": 1, "CheckpointConfig.every": 1, "Train.ema": None,
             "Train.val_dataset": None}
 
 
@@ -57,7 +57,7 @@ def test_weights_keep_their_own_empty_string(example_workspace, tmp_path):
     first["network"]["empty_string_feat"] = own
     weights = tmp_path / "weights.pth"
     torch.save(first["network"], weights)
-    state = run_train(example_workspace, tmp_path / "tuned", **{"Train.weights": str(weights)})
+    state = run_train(example_workspace, tmp_path / "tuned", **{"CheckpointConfig.weights": str(weights)})
     assert torch.equal(state["network"]["empty_string_feat"], own)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from mmgin.testing.recipe import MANIFEST_DIR, read_manifest, recipe_rule, recipe_tensor
 
-CHECKS = json.loads((MANIFEST_DIR / "recipe_checks.json").read_text())
+CHECKS = json.loads((Path(__file__).resolve().parent / "fixtures" / "recipe_checks.json").read_text())
 RULE_NAMES = {"default: 0.02 n": "default", "norm weight: 1 + 0.02 n": "norm",
               "std: 1 + 0.02 n": "std", "weight_g: 0.8 + 0.02 n": "weight_g",
               "filter (constructor value)": "filter"}

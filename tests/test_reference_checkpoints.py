@@ -14,7 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, MultiStepLR, SequentialLR
 
 from mmgin import cli, io
-from mmgin.model import get_network
+from mmgin.model import get_network, read_network_weights
 from mmgin.model.network import RECOMPUTED_KEYS
 from mmgin.testing.example import train_params
 from mmgin.testing.recipe import ManifestEntry, read_manifest, recipe_state_dict
@@ -64,7 +64,7 @@ def test_export_of_released_weights_equals_the_manifest_and_the_values(tmp_path)
 
 def test_ema_final_and_an_export_of_a_checkpoint_load_strictly_as_the_reference_loads(example_workspace, tmp_path):
     out = tmp_path / "run"
-    cli.run(FILES, train_params(example_workspace, out, **{"Train.sample_every": 100}), [str(REPO)], dry_run=False)
+    cli.run(FILES, train_params(example_workspace, out, **{"SamplingConfig.every": 100}), [str(REPO)], dry_run=False)
     network = get_network("tiny_16k")
     expected_keys = list(network.released_state_dict())
     ema_final = io.load_torch(out / "ema_final.pth")
@@ -136,9 +136,9 @@ def test_a_reference_training_checkpoint_of_small_16k_continues(example_workspac
 
     out = tmp_path / "run"
     params = train_params(example_workspace, out, **{
-        "Train.continue_reference_run": str(path), "Train.num_iterations": iteration + 1,
-        "Train.checkpoint_every": 100_000, "Train.ema_snapshot_every": 100_000,
-        "Train.final_ema_sigma_rel": None, "Train.val_dataset": None, "adamw.eps": 1e-6,
+        "CheckpointConfig.continue_reference_run": str(path), "Train.num_iterations": iteration + 1,
+        "CheckpointConfig.every": 100_000, "EMAConfig.snapshot_every": 100_000,
+        "EMAConfig.final_sigma_rel": None, "Train.val_dataset": None, "adamw.eps": 1e-6,
     }) + ["get_network.name = 'small_16k'"]
     cli.run(FILES, params, [str(REPO)], dry_run=False)
     state = io.load_torch(ckpt.list_checkpoints(out)[0])
@@ -158,8 +158,9 @@ def test_a_reference_training_checkpoint_of_small_16k_continues(example_workspac
     moved = sum(not torch.equal(state["network"][k], weights[k]) for k in names)
     assert moved > 100
 
-    # its weights alone start a run too (Train.weights), as do the bare weight files
-    assert all(torch.equal(v, weights[k]) for k, v in ckpt.network_weights(path).items())
+    # its weights alone start a run too (CheckpointConfig.weights), as do the bare weight files
+    found = read_network_weights(path, "CheckpointConfig.weights")
+    assert all(torch.equal(v, weights[k]) for k, v in found.state.items())
 
 
 def test_reference_settings_that_disagree_are_named(example_workspace, tmp_path):
@@ -170,7 +171,7 @@ def test_reference_settings_that_disagree_are_named(example_workspace, tmp_path)
     path = tmp_path / "tiny_ckpt_last.pth"
     torch.save(reference_checkpoint(entries, released, 20), path)
     run = lambda **extra: cli.run(FILES, train_params(example_workspace, tmp_path / "run", **{  # noqa: E731
-        "Train.continue_reference_run": str(path), "Train.num_iterations": 22, **extra}), [str(REPO)], dry_run=False)
+        "CheckpointConfig.continue_reference_run": str(path), "Train.num_iterations": 22, **extra}), [str(REPO)], dry_run=False)
     with pytest.raises(CheckpointError, match=r"adamw.eps = 1e-06, this run sets 1e-08; set adamw.eps = 1e-06"):
         run()
     with pytest.raises(CheckpointError, match=r"learning rate at iteration 20 is 2.0979e-06, this run's schedule gives 4.19162e-06"):
@@ -183,12 +184,12 @@ def test_reference_settings_that_disagree_are_named(example_workspace, tmp_path)
     buffers = tmp_path / "buffers_ckpt_last.pth"
     torch.save(reference_checkpoint(entries, released, 20, ema_step_as_buffers=True), buffers)
     cli.run(FILES, train_params(example_workspace, tmp_path / "buffers_run", **{
-        "Train.continue_reference_run": str(buffers), "Train.num_iterations": 21, "adamw.eps": 1e-6}),
+        "CheckpointConfig.continue_reference_run": str(buffers), "Train.num_iterations": 21, "adamw.eps": 1e-6}),
         [str(REPO)], dry_run=False)
     assert io.load_torch(ckpt.list_checkpoints(tmp_path / "buffers_run")[0])["ema"]["step"] == 21
-    with pytest.raises(ValueError, match="set one of Train.weights, Train.continue_reference_run"):
-        run(**{"adamw.eps": 1e-6, "Train.weights": str(path)})
+    with pytest.raises(ValueError, match="set one of CheckpointConfig.weights, CheckpointConfig.continue_reference_run"):
+        run(**{"adamw.eps": 1e-6, "CheckpointConfig.weights": str(path)})
     with pytest.raises(CheckpointError, match="not a reference training checkpoint"):
         io.save_torch(released, tmp_path / "bare.pth")
         cli.run(FILES, train_params(example_workspace, tmp_path / "bare_run", **{
-            "Train.continue_reference_run": str(tmp_path / "bare.pth")}), [str(REPO)], dry_run=False)
+            "CheckpointConfig.continue_reference_run": str(tmp_path / "bare.pth")}), [str(REPO)], dry_run=False)

@@ -5,6 +5,7 @@ is skipped and counted, and fine-tuning starts from a released-format file."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mmgin import cli, dist, io
 from mmgin.model import get_network
 from mmgin.model.flops import training_flops_per_sample
+from mmgin.model.loading import NetworkFileError, read_network_weights
 from mmgin.testing.example import train_params, write_synthetic_store
 from mmgin.testing.recipe import recipe_state_dict
 from mmgin.train import checkpoint as ckpt
@@ -33,9 +35,9 @@ def newest_checkpoint(out: Path) -> dict:
 
 
 def test_two_processes_equal_one_process_with_accumulation(example_workspace, tmp_path):
-    common = {"Train.batch_size": 4, "Train.num_iterations": 3, "Train.checkpoint_every": 3,
-              "Train.val_every": 3, "Train.sample_every": 3, "Train.num_samples": 3,
-              "Train.tensorboard_samples": 1}
+    common = {"Train.batch_size": 4, "Train.num_iterations": 3, "CheckpointConfig.every": 3,
+              "ValidationConfig.every": 3, "SamplingConfig.every": 3, "SamplingConfig.num_samples": 3,
+              "SamplingConfig.tensorboard_samples": 1}
     two = tmp_path / "two"
     args = [*(f"--gin_file={f}" for f in FILES),
             *(f"--gin_param={p}" for p in train_params(example_workspace, two, **common))]
@@ -87,8 +89,8 @@ def recording_eval_hook(audio_dir, iteration, writer):
 @pytest.fixture(scope="module")
 def tensorboard_run(example_workspace, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tensorboard") / "run"
-    params = train_params(example_workspace, out) + ["Train.eval_hook = @test_train_runs_eval_hook",
-                                                     f"Train.peak_tflops = {PEAK_TFLOPS}"]
+    params = train_params(example_workspace, out) + ["SamplingConfig.eval_hook = @test_train_runs_eval_hook",
+                                                     f"LogConfig.peak_tflops = {PEAK_TFLOPS}"]
     cli.run(FILES, params, [str(REPO)], dry_run=False)
     return out
 
@@ -130,8 +132,8 @@ def test_nan_row_is_skipped_and_counted_then_the_run_stops(example_workspace, tm
     assert not torch.isfinite(poisoned["std"][1]).any() and torch.isfinite(features["std"]).all()
     common = {"VIDEO_STORES": [str(stores / "clean"), str(stores / "poisoned")], "AUDIO_STORES": [],
               "VAL_STORE": str(stores / "clean"), "Train.batch_size": 2, "Train.num_iterations": 4,
-              "Train.log_every": 4, "Train.val_every": 100, "Train.sample_every": 100,
-              "Train.checkpoint_every": 4}
+              "LogConfig.every": 4, "ValidationConfig.every": 100, "SamplingConfig.every": 100,
+              "CheckpointConfig.every": 4}
     out = tmp_path / "run"
     cli.run(FILES, train_params(example_workspace, out, **common), [str(REPO)], dry_run=False)
     state = newest_checkpoint(out)
@@ -143,7 +145,7 @@ def test_nan_row_is_skipped_and_counted_then_the_run_stops(example_workspace, tm
 
     with pytest.raises(NonFiniteError, match="1 updates in a row were skipped"):
         cli.run(FILES, train_params(example_workspace, tmp_path / "stop", **common,
-                                    **{"Train.max_consecutive_skips": 1}), [str(REPO)], dry_run=False)
+                                    **{"StepConfig.max_consecutive_skips": 1}), [str(REPO)], dry_run=False)
 
 
 def test_fine_tuning_from_a_released_format_file(example_workspace, tmp_path):
@@ -152,9 +154,9 @@ def test_fine_tuning_from_a_released_format_file(example_workspace, tmp_path):
     weights = tmp_path / "mmaudio_tiny_16k.pth"
     torch.save(released.state_dict(), weights)  # the released format: a bare state dict
     out = tmp_path / "run"
-    cli.run(FILES, train_params(example_workspace, out, **{"Train.weights": str(weights),
+    cli.run(FILES, train_params(example_workspace, out, **{"CheckpointConfig.weights": str(weights),
                                                            "Train.num_iterations": 2,
-                                                           "Train.sample_every": 100}),
+                                                           "SamplingConfig.every": 100}),
             [str(REPO)], dry_run=False)
     state = newest_checkpoint(out)
     # the released normalisation is kept (not recomputed from the new data); the weights moved
@@ -162,12 +164,13 @@ def test_fine_tuning_from_a_released_format_file(example_workspace, tmp_path):
     assert torch.equal(state["network"]["latent_std"], released.latent_std.detach())
     moved = [k for k, v in released.state_dict().items() if not torch.equal(v, state["network"][k])]
     assert moved and all(torch.isfinite(v).all() for v in state["network"].values())
-    # a training checkpoint also serves as Train.weights: its network part is taken
-    from_checkpoint = ckpt.network_weights(ckpt.list_checkpoints(out)[0])
-    assert all(torch.equal(v, state["network"][k]) for k, v in from_checkpoint.items())
-    with pytest.raises(ckpt.CheckpointError, match="neither a network file"):
-        io.save_torch({"iteration": 3}, tmp_path / "other.pth")
-        ckpt.network_weights(tmp_path / "other.pth")
+    # a training checkpoint also serves as CheckpointConfig.weights: its network part is taken
+    from_checkpoint = read_network_weights(ckpt.list_checkpoints(out)[0], "CheckpointConfig.weights")
+    assert all(torch.equal(v, state["network"][k]) for k, v in from_checkpoint.state.items())
+    io.save_torch({"iteration": 3}, tmp_path / "other.pth")
+    with pytest.raises(NetworkFileError, match=r"^CheckpointConfig\.weights=.*other\.pth: holds no network weights"):
+        cli.run(FILES, train_params(example_workspace, tmp_path / "other", **{
+            "CheckpointConfig.weights": str(tmp_path / "other.pth")}), [str(REPO)], dry_run=False)
 
 
 def test_released_small_16k_weights_load_into_train(example_workspace, tmp_path):
@@ -183,3 +186,46 @@ def test_released_small_16k_weights_load_into_train(example_workspace, tmp_path)
     assert sum(p.numel() for p in network.parameters()) == 157_283_644
     for key in ("latent_std", "empty_clip_feat", "joint_blocks.3.text_block.attn.qkv.weight"):
         assert torch.equal(network.state_dict()[key], recipe[key]), key
+
+
+def test_dry_run_builds_the_step_and_stops_a_bad_precision_writing_nothing(example_workspace, tmp_path, capsys):
+    """--dry_run builds what the run would (the optimizer is in its operative config), and a
+    misspelt StepConfig.precision fails it, with nothing written either way."""
+    out = tmp_path / "run"
+    assert cli.run(FILES, train_params(example_workspace, out), [str(REPO)], dry_run=True) == 0
+    printed = capsys.readouterr().out
+    assert "adamw.learning_rate = " in printed and "StepConfig.precision = 'fp32'" in printed
+    with pytest.raises(ValueError, match=r"^StepConfig\.precision='bf32'; use one of 'fp32', 'bf16', 'fp16'"):
+        cli.run(FILES, train_params(example_workspace, out, **{"StepConfig.precision": "bf32"}), [str(REPO)],
+                dry_run=True)
+    for setting in ("weights", "resume_from", "continue_reference_run"):  # a misspelt start file
+        missing = tmp_path.parent / f"no-{setting}.pth"
+        with pytest.raises((FileNotFoundError, ckpt.CheckpointError),
+                           match=rf"^CheckpointConfig\.{setting}={re.escape(str(missing))} does not exist"):
+            cli.run(FILES, train_params(example_workspace, out, **{f"CheckpointConfig.{setting}": str(missing)}),
+                    [str(REPO)], dry_run=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+TF32_DURING_RUN: list[tuple[bool, bool]] = []
+
+
+@gin.configurable("test_train_runs_tf32_hook")
+def tf32_hook(audio_dir, iteration, writer):
+    """Records the TF32 settings while Train runs (sampling calls it)."""
+    TF32_DURING_RUN.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+
+def test_tf32_is_set_while_train_runs_and_restored_after(example_workspace, tmp_path):
+    """A later pipeline stage must not inherit StepConfig.tf32."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        params = train_params(example_workspace, tmp_path / "run", **{
+            "Train.num_iterations": 1, "StepConfig.tf32": True, "Train.ema": None})
+        cli.run(FILES, params + ["SamplingConfig.eval_hook = @test_train_runs_tf32_hook"], [str(REPO)],
+                dry_run=False)
+        assert TF32_DURING_RUN == [(True, True)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous

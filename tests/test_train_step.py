@@ -9,7 +9,7 @@ import torch._dynamo
 
 from mmgin.model import FlowMatching, get_network
 from mmgin.train.batches import accumulation_steps
-from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
+from mmgin.train.loss import FlowLoss, draw_noise, loss_inputs
 
 B, L, C = 6, 250, 20
 

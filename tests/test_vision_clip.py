@@ -107,7 +107,7 @@ def test_tiny_checkpoint_and_empty_string_files(tiny_clip, tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(tiny.empty_string_feature(), tiny.encode_text([""]))
 
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="does not fit"):
         get_clip(tmp_path / "clip.bin", size="full")
 
 

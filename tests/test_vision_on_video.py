@@ -9,6 +9,7 @@ import torch
 
 from mmgin.media.video import load_video_frames
 from mmgin.vision import get_clip, get_synchformer
+from test_media_video import write_tone  # tests/ is on sys.path (pytest's rootdir-relative imports)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +31,7 @@ def decoded(tmp_path_factory):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
-        tone = (0.2 * np.sin(np.arange(9 * 16000) * 0.1)).astype(np.float32)[None]
-        for start in range(0, tone.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+        write_tone(container, audio, 9.0)
     return load_video_frames(path)
 
 

@@ -89,7 +89,7 @@ def test_tiny_checkpoint_round_trip_and_bad_files(tmp_path):
         assert torch.equal(value, state[key]), key
     assert all(not p.requires_grad for p in loaded.parameters()) and not loaded.training
 
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="does not fit"):
         get_synchformer(tmp_path / "sync.pth", size="full")
     torch.save({"afeat_extractor.unused": torch.zeros(3)}, tmp_path / "audio_only.pth")
     with pytest.raises(ValueError, match="vfeat_extractor"):

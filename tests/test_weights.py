@@ -316,14 +316,14 @@ def test_shipped_config_finds_weights_from_another_working_directory(elsewhere, 
 
 
 def test_evaluate_weights_by_file_name_come_from_the_weights_dir(elsewhere, tmp_path, monkeypatch):
-    from mmgin.programs.evaluate import load_network_weights
+    from mmgin.model import read_network_weights
 
     configured = tmp_path / "configured"
     configured.mkdir()
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(configured))
     with pytest.raises(MissingWeightsError, match=r"Evaluate.weights=mmaudio_small_16k.pth does not exist") as missing:
-        load_network_weights("mmaudio_small_16k.pth")
+        read_network_weights("mmaudio_small_16k.pth", "Evaluate.weights")
     assert "af93cde404179f58e3919ac085b8033b" in str(missing.value)
     torch.save({"latent_mean": torch.zeros(20)}, configured / "mmaudio_small_16k.pth")
-    state, iteration = load_network_weights("mmaudio_small_16k.pth")
-    assert iteration is None and torch.equal(state["latent_mean"], torch.zeros(20))
+    found = read_network_weights("mmaudio_small_16k.pth", "Evaluate.weights")
+    assert found.iteration is None and torch.equal(found.state["latent_mean"], torch.zeros(20))

@@ -33,8 +33,6 @@ def kaiser_sinc_filter1d(cutoff: float, half_width: float, kernel_size: int) -> 
         time = torch.arange(-half_size, half_size, device=cpu) + 0.5
     else:
         time = torch.arange(kernel_size, device=cpu) - half_size
-    if cutoff == 0:
-        return torch.zeros(1, 1, kernel_size, device=cpu)
     taps = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
     taps = taps / taps.sum()
     return taps.view(1, 1, kernel_size)
@@ -64,17 +62,16 @@ class UpSample1d(nn.Module):
         super().__init__()
         self.ratio = ratio
         self.kernel_size = int(6 * ratio // 2) * 2 if kernel_size is None else kernel_size
-        self.stride = ratio
         self.pad = self.kernel_size // ratio - 1
-        self.pad_left = self.pad * self.stride + (self.kernel_size - self.stride) // 2
-        self.pad_right = self.pad * self.stride + (self.kernel_size - self.stride + 1) // 2
+        self.pad_left = self.pad * ratio + (self.kernel_size - ratio) // 2
+        self.pad_right = self.pad * ratio + (self.kernel_size - ratio + 1) // 2
         self.register_buffer("filter", kaiser_sinc_filter1d(0.5 / ratio, 0.6 / ratio, self.kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
         x = F.pad(x, (self.pad, self.pad), mode="replicate")
         weight = self.filter.to(x.dtype).expand(channels, -1, -1)
-        x = self.ratio * F.conv_transpose1d(x, weight, stride=self.stride, groups=channels)
+        x = self.ratio * F.conv_transpose1d(x, weight, stride=self.ratio, groups=channels)
         return x[..., self.pad_left : -self.pad_right]
 
 

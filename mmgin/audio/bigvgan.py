@@ -9,6 +9,7 @@ folds them into plain weights at load time (the reference removes weight norm af
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -34,10 +35,7 @@ class BigVGANConfig:
 
     @property
     def hop_size(self) -> int:
-        hop = 1
-        for rate in self.upsample_rates:
-            hop *= rate
-        return hop
+        return math.prod(self.upsample_rates)
 
 
 # best_netG.pt (bigvgan_vocoder.yml of Make-An-Audio 2): 256x, final tanh.
@@ -143,11 +141,6 @@ class BigVGAN(nn.Module):
         return torch.clamp(x, min=-1.0, max=1.0)
 
 
-def weight_normed_layers(model: BigVGAN) -> list[str]:
-    """Names of the convs that the released files store weight-normed (all of them)."""
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
-
-
 _LEGACY = {".weight_g": "g", ".weight_v": "v"}
 _PARAMETRIZED = {".parametrizations.weight.original0": "g", ".parametrizations.weight.original1": "v"}
 
@@ -179,14 +172,13 @@ def released_state_dict(model: BigVGAN) -> dict[str, torch.Tensor]:
 
     Used to write checkpoints that load like the released ones (for example tiny test vocoders).
     """
-    normed = set(weight_normed_layers(model))
+    # The released files store every conv weight-normed.
+    normed = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))}
     state = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         prefix, _, last = key.rpartition(".")
-        if prefix not in normed:
-            out[key] = value
-        elif last == "bias":
+        if prefix not in normed or last == "bias":
             out[key] = value
         if prefix in normed and (last == "bias" or f"{prefix}.bias" not in state):
             # Legacy weight_norm re-registers the weight as (g, v) after the conv's bias.

@@ -41,9 +41,10 @@ class AudioCodec(nn.Module):
         self.mel_converter = get_mel_converter(mode)
         self.vae = get_vae(mode, vae_checkpoint, size=size, with_encoder=with_encoder)
         self.vocoder = get_vocoder(mode, vocoder_checkpoint, size=size) if with_vocoder else None
-        if self.vocoder is not None and self.vocoder.hop_size != self.mel_converter.hop_size:
+        mel_hop = self.mel_converter.config.hop_size
+        if self.vocoder is not None and self.vocoder.hop_size != mel_hop:
             raise ValueError(
-                f"vocoder hop {self.vocoder.hop_size} != mel hop {self.mel_converter.hop_size} for mode {mode}"
+                f"vocoder hop {self.vocoder.hop_size} != mel hop {mel_hop} for mode {mode}"
             )
         self.eval()
 
@@ -53,19 +54,15 @@ class AudioCodec(nn.Module):
 
     @property
     def sampling_rate(self) -> int:
-        return self.mel_converter.sampling_rate
+        return self.mel_converter.config.sampling_rate
 
     @property
     def latent_dim(self) -> int:
         return self.vae.latent_dim
 
     @property
-    def hop_size(self) -> int:
-        return self.mel_converter.hop_size
-
-    @property
     def samples_per_latent(self) -> int:
-        return 2 * self.mel_converter.hop_size
+        return 2 * self.mel_converter.config.hop_size
 
     @torch.no_grad()
     def mel(self, waveform: torch.Tensor) -> torch.Tensor:

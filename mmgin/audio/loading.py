@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from torch import nn
 
 from mmgin import weights
 from mmgin.audio.bigvgan import BIGVGAN_16K, BIGVGAN_V2_44K, BigVGAN, BigVGANConfig, config_from_json, fuse_weight_norm
 from mmgin.audio.vae import VAE, VAE_CONFIGS
+from mmgin.modules import freeze, load_strict, seeded_normal_
 
 MODES = ("16k", "44k")
 SIZES = ("full", "tiny")
@@ -40,46 +40,23 @@ TINY_SEED = 20250  # fixed so that every process builds the same tiny weights
 TINY_VOCODER_GAIN = 0.65
 
 
-def _check(mode: str, size: str) -> None:
+def _weights_file(
+    mode: str, size: str, checkpoint: str | os.PathLike | None, released: Mapping[str, str]
+) -> Path | None:
+    """The file (or folder) to load: ``checkpoint``, else the ``released`` file of ``mode`` for
+    'full'; None means seeded tiny weights."""
     if mode not in MODES:
         raise ValueError(f"unknown audio mode {mode!r}; choose from {MODES}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
+    if checkpoint is None and size == "full":
+        checkpoint = released[mode]
+    return None if checkpoint is None else weights.resolve(checkpoint)
 
 
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no gradients: the audio components are never trained here."""
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """Strict load (assigning the checkpoint tensors) with an error that lists what differs."""
-    own = module.state_dict(keep_vars=True)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"Checkpoint {source} does not fit {type(module).__name__}"
-            f" (missing {len(missing)}: {missing[:4]}; unexpected {len(unexpected)}: {unexpected[:4]};"
-            f" shape mismatches {len(wrong_shape)}: {wrong_shape[:3]}). Check the mode/size or the file."
-        )
-    module.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
-
-
-def _seeded_normal_(module: nn.Module, std_of: dict[str, float]) -> None:
-    """Fills the parameters named in ``std_of`` with N(0, std²) from one fixed-seed generator."""
-    generator = torch.Generator().manual_seed(TINY_SEED)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if name in std_of:
-                param.copy_(torch.randn(param.shape, generator=generator) * std_of[name])
+def _float32(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors as float32 (the codec always runs from float32 weights)."""
+    return {k: v.to(torch.float32) for k, v in state.items()}
 
 
 def get_vae(
@@ -94,23 +71,19 @@ def get_vae(
     ``weights.resolve``. Without one, 'full' loads the registered released file and 'tiny' is
     seeded-random.
     """
-    _check(mode, size)
+    checkpoint = _weights_file(mode, size, checkpoint, VAE_WEIGHTS)
     config = VAE_CONFIGS[(mode, size)]
-    if checkpoint is None and size == "full":
-        checkpoint = VAE_WEIGHTS[mode]
-    if checkpoint is not None:
-        checkpoint = weights.resolve(checkpoint)
     if checkpoint is None:
         vae = VAE(config, with_encoder=with_encoder)
         std = {n: 1.0 for n, p in vae.named_parameters() if p.ndim == 3}
-        _seeded_normal_(vae, std)
+        seeded_normal_(vae, TINY_SEED, std)
     else:
         state = weights.load(checkpoint)
         if not with_encoder:
             state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
         with torch.device("meta"):
             vae = VAE(config, with_encoder=with_encoder)
-        _load_strict(vae, state, checkpoint)
+        load_strict(vae, _float32(state), checkpoint, assign=True)
     vae.remove_weight_norm()
     return freeze(vae)
 
@@ -135,16 +108,12 @@ def get_vocoder(mode: str, checkpoint: str | os.PathLike | None = None, size: st
     ``checkpoint`` is found by ``weights.resolve``. Weight norm is folded into the conv weights
     at load.
     """
-    _check(mode, size)
+    checkpoint = _weights_file(mode, size, checkpoint, VOCODER_WEIGHTS)
     config = VOCODER_CONFIGS[(mode, size)]
-    if checkpoint is None and size == "full":
-        checkpoint = VOCODER_WEIGHTS[mode]
-    if checkpoint is not None:
-        checkpoint = weights.resolve(checkpoint)
     if checkpoint is None:
         vocoder = BigVGAN(config)
         std = {n: TINY_VOCODER_GAIN / math.sqrt(p[0].numel()) for n, p in vocoder.named_parameters() if p.ndim == 3}
-        _seeded_normal_(vocoder, std)
+        seeded_normal_(vocoder, TINY_SEED, std)
         with torch.no_grad():
             for name, param in vocoder.named_parameters():
                 if name.endswith(".bias"):
@@ -164,5 +133,5 @@ def get_vocoder(mode: str, checkpoint: str | os.PathLike | None = None, size: st
     state = fuse_weight_norm(payload["generator"])
     with torch.device("meta"):
         vocoder = BigVGAN(config)
-    _load_strict(vocoder, state, generator_file)
+    load_strict(vocoder, _float32(state), generator_file, assign=True)
     return freeze(vocoder)

@@ -34,25 +34,22 @@ MEL_CONFIGS: dict[str, MelConfig] = {
 }
 
 
+# Slaney mel scale: linear below 1 kHz, logarithmic above (as librosa, htk=False).
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
+
+
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above (as librosa, htk=False)."""
     hz = np.asanyarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = hz / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-30) / min_log_hz) / logstep, mels)
+    log_mels = _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-30) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(hz >= _MIN_LOG_HZ, log_mels, hz / _F_SP)
 
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
     mels = np.asanyarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3
-    freqs = f_sp * mels
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
+    return np.where(mels >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels - _MIN_LOG_MEL)), _F_SP * mels)
 
 
 def slaney_mel_basis(sampling_rate: int, n_fft: int, num_mels: int, fmin: float, fmax: float) -> np.ndarray:
@@ -85,14 +82,6 @@ class MelConverter(nn.Module):
         basis = slaney_mel_basis(config.sampling_rate, config.n_fft, config.num_mels, config.fmin, config.fmax)
         self.register_buffer("mel_basis", torch.from_numpy(basis).float(), persistent=False)
         self.register_buffer("hann_window", torch.hann_window(config.win_size), persistent=False)
-
-    @property
-    def sampling_rate(self) -> int:
-        return self.config.sampling_rate
-
-    @property
-    def hop_size(self) -> int:
-        return self.config.hop_size
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         # Precision matters here (log of small magnitudes), so this always runs in float32.

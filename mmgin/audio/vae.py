@@ -186,10 +186,6 @@ class DiagonalGaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * noise
-
 
 @dataclass(frozen=True)
 class VAEConfig:

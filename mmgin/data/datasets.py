@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mmgin.data.store import TEXT_KEY, FeatureStore, StoreError, batch_tensor
+from mmgin.model.sequence import CLIP_DIM, SYNC_DIM, TEXT_DIM, TEXT_SEQ_LEN, SequenceConfig
 
-CLIP_SEQ_LEN, CLIP_DIM = 64, 1024
-SYNC_SEQ_LEN, SYNC_DIM = 192, 768
-TEXT_SEQ_LEN, TEXT_DIM = 77, 1024
+# The lengths of 8 s clips (CLIP and Synchformer lengths do not depend on the audio mode).
+_EIGHT_SECONDS = SequenceConfig.for_mode("16k", 8.0)
 
 
 def identity_collate(batch):
@@ -49,8 +49,8 @@ class ExtractedDataset(Dataset):
         memmap_dir: str | Path | None = None,
         name: str | None = None,
         latent_seq_len: int | None = None,
-        clip_seq_len: int = CLIP_SEQ_LEN,
-        sync_seq_len: int = SYNC_SEQ_LEN,
+        clip_seq_len: int = _EIGHT_SECONDS.clip_seq_len,
+        sync_seq_len: int = _EIGHT_SECONDS.sync_seq_len,
         text_seq_len: int = TEXT_SEQ_LEN,
         clip_dim: int = CLIP_DIM,
         sync_dim: int = SYNC_DIM,
@@ -74,21 +74,22 @@ class ExtractedDataset(Dataset):
         if self.kind == "video":
             expected.update(clip_features=self.clip_shape, sync_features=self.sync_shape)
         for key, shape in expected.items():
-            _check_shape(self.store, key, shape)
-        latent_shape = self.store.shape("mean")
-        if latent_seq_len is not None and latent_shape[0] != latent_seq_len:
+            actual = self.store.shape(key)
+            if actual != shape:
+                raise StoreError(f"{self.store.memmap_dir}: {key} rows have shape {actual}, expected {shape}")
+        self.latent_shape = self.store.shape("mean")
+        if latent_seq_len is not None and self.latent_shape[0] != latent_seq_len:
             raise StoreError(
-                f"{self.store.memmap_dir}: latents have length {latent_shape[0]}, expected "
+                f"{self.store.memmap_dir}: latents have length {self.latent_shape[0]}, expected "
                 f"{latent_seq_len}; was the store extracted for another mode or duration?"
             )
-        self.latent_shape = latent_shape
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, index: int) -> dict:
         batch = self.__getitems__([index])
-        return {k: (v[0]) for k, v in batch.items()}
+        return {k: v[0] for k, v in batch.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         """A collated batch of rows ``indices``, in that order (one gather per feature)."""
@@ -122,12 +123,6 @@ class ExtractedDataset(Dataset):
         return self.store.bytes_read(torch.as_tensor(sorted(indices), dtype=torch.int64))
 
 
-def _check_shape(store: FeatureStore, key: str, expected: tuple[int, int]) -> None:
-    actual = store.shape(key)
-    if actual != tuple(expected):
-        raise StoreError(f"{store.memmap_dir}: {key} rows have shape {actual}, expected {expected}")
-
-
 @gin.configurable
 class ExtractedVideoDataset(ExtractedDataset):
     """A video store (VGGSound-like): audio latents, CLIP and sync features, label text."""
@@ -157,9 +152,7 @@ def collate_batches(batches: Sequence[dict], order: torch.Tensor | None = None) 
                 out[key] = torch.cat(parts, out=batch_tensor(shape, dtype))
             else:
                 out[key] = [x for b in batches for x in b[key]]
-    if order is None:
-        return out
-    return {k: _reorder(v, order) for k, v in out.items()}
+    return out if order is None else {k: _reorder(v, order) for k, v in out.items()}
 
 
 def _reorder(value, order: torch.Tensor):

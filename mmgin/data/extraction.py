@@ -11,11 +11,13 @@ with its reason and skipped, never stopping the run.
 from __future__ import annotations
 
 import contextlib
+import functools
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from absl import logging
@@ -38,6 +40,8 @@ from mmgin.data.store_writer import (
 )
 from mmgin.media.errors import MediaError
 
+# The encoders run in float32 (TF32 on CUDA per the programs' `tf32`) or under bfloat16 autocast.
+ENCODER_PRECISIONS = ("fp32", "bf16")
 RowDecoder = Callable[[int], Mapping[str, torch.Tensor]]
 # Encodes a batch of decoded rows (stacked on the device) into per-row store features.
 BatchEncoder = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
@@ -103,13 +107,10 @@ class StageTimes:
         return ", ".join(f"{k} {v:.1f}s" for k, v in sorted(self.seconds.items()))
 
 
-def global_blocks(count: int, block_size: int) -> list[list[int]]:
-    return [list(range(s, min(s + block_size, count))) for s in range(0, count, block_size)]
-
-
 def rank_blocks(count: int, block_size: int, status: torch.Tensor, rank: int, world: int) -> list[list[int]]:
     """This rank's blocks (k mod W == rank) that still have a pending row."""
-    mine = global_blocks(count, block_size)[rank::world]
+    starts = range(rank * block_size, count, world * block_size)
+    mine = [list(range(s, min(s + block_size, count))) for s in starts]
     return [b for b in mine if bool((status[b[0]:b[-1] + 1] == PENDING).any())]
 
 
@@ -142,9 +143,8 @@ class Extraction:
     def _run(self, stop: preemption.StopRequest) -> Summary | None:
         writer = StoreWriter(self.store, self.plan)
         if dist.is_main() and self.plan.appends and is_store(self.store):
-            refuse_another_text_encoder(self.store, self.encode_null_text())
-        state = writer.prepare() if dist.is_main() else None
-        state = dist.broadcast_object(state)
+            refuse_another_text_encoder(self.store, self.null_text_feature)
+        state = dist.broadcast_object(writer.prepare() if dist.is_main() else None)
         dist.barrier()
         if state != "finalizing":
             if state == "resume":
@@ -161,15 +161,20 @@ class Extraction:
             dist.warn_main("%s: stopped by SIGTERM with the rows done kept; %s", writer.paths.name, preemption.RESUME)
             return None
         if dist.is_main() and (state != "finalizing" or not null_text.record_path(writer.work).is_file()):
-            null_text.write(writer.work, self.encode_null_text())
+            null_text.write(writer.work, self.null_text_feature)
         dist.barrier()
         summary = writer.finalize(self.overwrite) if dist.is_main() else None
         dist.barrier()
         return summary
 
+    @functools.cached_property
+    def null_text_feature(self) -> torch.Tensor:
+        """The store's null-text record, encoded once (an append compares it with the store's
+        record, then records it)."""
+        return self.encode_null_text()
+
     def _encode_texts(self, writer: StoreWriter, status: torch.Tensor, stop: preemption.StopRequest) -> None:
-        blocks = rank_blocks(len(writer.captions), self.text_batch_size, status, dist.rank(), dist.world_size())
-        for block in blocks:
+        for block in rank_blocks(len(writer.captions), self.text_batch_size, status, dist.rank(), dist.world_size()):
             if stop.requested:
                 return
             with torch.inference_mode(), self.times.measure("text", dist.info().device):
@@ -306,47 +311,13 @@ def discard_empty_workdir(store: Path) -> None:
     """Removes ``<name>.partial`` if it holds only the config files a Program writes."""
     work = StorePaths(store).partial
     if work.is_dir() and {p.name for p in work.iterdir()} <= {"config.gin", "operative_config.gin"}:
-        for path in work.iterdir():
-            path.unlink()
-        work.rmdir()
+        shutil.rmtree(work)
 
 
 def log_summary(store: Path, summary: Summary | None, seconds: float, times: StageTimes) -> None:
-    if summary is None:
-        return
-    paths = StorePaths(store)
-    logging.info(
-        "extraction of %s done in %.1f s: %s. Failure report: %s. Time (rank 0): %s",
-        store, seconds, summary.text(), paths.failures, times.text(),
-    )
-
-
-def encode_captions(clip, captions: list[str], bf16: bool) -> torch.Tensor:
-    """CLIP per-token text features of ``captions`` on this rank's device, as float32."""
-    device = dist.info().device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return clip.encode_text(captions).float()
-
-
-@contextlib.contextmanager
-def cuda_tf32(enabled: bool) -> Iterator[None]:
-    """TF32 matmuls and convolutions on CUDA while the block runs, as the reference extracts
-    (FACTS: TF32 on for matmul and cuDNN), then the previous settings. A CPU has no TF32: its
-    features stay strict float32 (the fixtures' precision)."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-
-
-def encode_null_text(clip, bf16: bool) -> torch.Tensor:
-    """(1, 77, D) float32, the store's null-text record (see mmgin.data.null_text): the released
-    empty_string.pth when the encoder loaded it, else '' encoded exactly as the captions are."""
-    device = dist.info().device
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return clip.empty_string_feature().float().cpu()
+    if summary is not None:
+        logging.info("extraction of %s done in %.1f s: %s. Failure report: %s. Time (rank 0): %s",
+                     store, seconds, summary.text(), StorePaths(store).failures, times.text())
 
 
 def stop_if_nothing_planned(plan: Plan, store: Path, what: str) -> None:

@@ -37,11 +37,6 @@ from mmgin.data.store import pinned_batches
 WORKER_KINDS = ("threads", "processes")
 
 
-def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator(device="cpu").manual_seed(int(seed) + int(epoch))
-    return torch.randperm(size, generator=generator)
-
-
 def rank_batches(
     size: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool
 ) -> list[list[int]]:
@@ -51,7 +46,8 @@ def rank_batches(
     of the world size (as DistributedSampler does), so every rank has the same number of
     batches, the last one possibly short: collectives inside the loop stay matched.
     """
-    permutation = epoch_permutation(size, seed, epoch)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) + int(epoch))
+    permutation = torch.randperm(size, generator=generator)
     if drop_last:
         per_rank = (size // world_size) // batch_size * batch_size
         positions = permutation[rank::world_size][:per_rank]
@@ -79,9 +75,7 @@ class _EpochBatchSampler:
 
     def batches(self, epoch: int) -> list[list[int]]:
         if self._cache is None or self._cache[0] != epoch:
-            size, batch_size, seed = self.args
-            self._cache = (epoch, rank_batches(size, batch_size, seed, epoch, self.rank,
-                                               self.world_size, self.drop_last))
+            self._cache = (epoch, rank_batches(*self.args, epoch, self.rank, self.world_size, self.drop_last))
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -177,11 +171,6 @@ class DistributedBatchLoader:
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
-
-    @property
-    def batches_done(self) -> int:
-        """Batches of the current epoch already handed out."""
-        return self.sampler.start
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""

@@ -131,14 +131,12 @@ class DatasetMixture(Dataset):
         grouped, position = part.sort(stable=True)
         sets = self.datasets
         batches = [sets[p].__getitems__(row[part == p].tolist()) for p in sorted(set(part.tolist()))]
-        if torch.equal(grouped, part):  # sets already contiguous and in order (sorted indices)
-            return collate_batches(batches)
-        return collate_batches(batches, position.argsort())
+        # Sorted indices need no reordering: their sets come contiguous and in order.
+        return collate_batches(batches, None if torch.equal(grouped, part) else position.argsort())
 
     def bytes_read(self, indices: Sequence[int]) -> int:
         part, row = self.locate(torch.as_tensor(list(indices), dtype=torch.int64))
-        sets = self.datasets
-        return sum(sets[p].bytes_read(row[part == p].tolist()) for p in sorted(set(part.tolist())))
+        return sum(self.datasets[p].bytes_read(row[part == p].tolist()) for p in sorted(set(part.tolist())))
 
     def latent_statistics(self, chunk_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and unbiased std of the posterior means, each of shape (C,).

@@ -19,7 +19,8 @@ from typing import Iterable
 
 import torch
 
-from mmgin import io
+from mmgin import dist, io
+from mmgin import precision as numerics
 from mmgin.data.store import StoreError
 
 FILE_NAME = "empty_string.pth"
@@ -39,6 +40,14 @@ def add_record_command(stores: Iterable[str | Path], overwrite: bool = False) ->
     )
 
 
+def encode(clip, precision: str) -> torch.Tensor:
+    """(1, 77, D) float32, the record of ``clip`` run at ``precision`` on this rank's device:
+    the released empty_string.pth when the encoder loaded it, else '' encoded exactly as the
+    captions are (the caller sets TF32 as for the captions)."""
+    with torch.inference_mode(), numerics.autocast(precision, dist.info().device):
+        return clip.empty_string_feature().float().cpu()
+
+
 def write(store: str | Path, feature: torch.Tensor) -> None:
     """Records ``feature`` ((1, 77, D) or (77, D)) in ``store``, atomically, as float32."""
     value = feature.detach().to("cpu", torch.float32).reshape(1, *feature.shape[-2:]).contiguous()
@@ -53,20 +62,16 @@ def read(store: str | Path, text_shape: tuple[int, ...] | None = None) -> torch.
     path = record_path(store)
     if not path.is_file():
         return None
+    fix = f"write it again with {add_record_command([store])}"
     try:
         value = io.load_torch(path)
     except Exception as e:  # a truncated or foreign file
-        raise StoreError(
-            f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]}); write it again with "
-            f"{add_record_command([store])}"
-        ) from None
+        raise StoreError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
     if not isinstance(value, torch.Tensor) or value.dim() != 3 or value.shape[0] != 1:
-        raise StoreError(f"{path} is not a (1, 77, D) tensor; write it again with {add_record_command([store])}")
+        raise StoreError(f"{path} is not a (1, 77, D) tensor; {fix}")
     if text_shape is not None and tuple(value.shape[1:]) != tuple(text_shape):
         raise StoreError(
-            f"{path} has shape {tuple(value.shape)} but the store's text features are {tuple(text_shape)}; "
-            f"write it again with {add_record_command([store])}"
-        )
+            f"{path} has shape {tuple(value.shape)} but the store's text features are {tuple(text_shape)}; {fix}")
     return value[0].float()
 
 

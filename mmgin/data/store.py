@@ -32,23 +32,29 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from tensordict import TensorDict
 from torch.utils.data import get_worker_info
 
+from mmgin import precision
 from mmgin.data import tsv as tsv_io
 
 VIDEO_COLUMNS = ("id", "label")
 AUDIO_COLUMNS = ("id", "caption")
+# The clip table PartitionClips writes and ExtractAudioFeatures reads: a clip of a longer file.
+CLIP_COLUMNS = ("id", "name", "start_sample", "end_sample")
 LATENT_KEYS = ("mean", "std")
 VIDEO_FEATURE_KEYS = ("clip_features", "sync_features")
 TEXT_KEY = "text_features"
 TEXT_TABLE_KEY = "text_table"
 TEXT_INDEX_KEY = "text_index"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# What meta.json may name: feature dtypes and the int64 text index.
-META_DTYPES = {f"torch.{name}": dtype for name, dtype in {**DTYPES, "int64": torch.int64}.items()}
+# What meta.json may name ('torch.float32', ...): feature dtypes and the int64 text index.
+META_DTYPES = {str(dtype): dtype for dtype in (*precision.DTYPES.values(), torch.int64)}
+# Keys whose dtype no StoreFormat changes: the VAE posteriors stay float32 (training samples
+# latents from them) and the text index is int64.
+FIXED_DTYPES = {"mean": torch.float32, "std": torch.float32, TEXT_INDEX_KEY: torch.int64}
 
 
 class StoreError(ValueError):
@@ -59,26 +65,65 @@ class StoreError(ValueError):
 class StoreFormat:
     """How a writer lays out a store.
 
-    ``feature_dtype`` applies to clip, sync and text features (the VAE ``mean``/``std`` are
-    always float32, because training samples latents from them). ``dedup_text`` stores one text
-    feature per distinct caption plus an index per row. ``StoreFormat.reference()`` is the
-    reference's layout (float32, a text feature per row), readable by the reference trainer.
+    ``feature_dtype`` ('bf16', 'fp32' or 'fp16', the words of mmgin.precision) applies to clip,
+    sync and text features (not to `FIXED_DTYPES`). ``dedup_text`` stores one text feature per
+    distinct caption plus an index per row. ``StoreFormat.reference()`` is the reference's
+    layout (float32, a text feature per row), readable by the reference trainer.
     """
 
-    feature_dtype: str = "bfloat16"
+    feature_dtype: str = "bf16"
     dedup_text: bool = True
 
     def __post_init__(self) -> None:
-        if self.feature_dtype not in DTYPES:
-            raise ValueError(f"feature_dtype={self.feature_dtype!r}; use one of {sorted(DTYPES)}")
+        precision.check("feature_dtype", self.feature_dtype)
 
     @classmethod
     def reference(cls) -> "StoreFormat":
-        return cls("float32", False)
+        return cls("fp32", False)
+
+    @classmethod
+    def of(cls, dtype: torch.dtype, dedup_text: bool) -> "StoreFormat":
+        return cls(precision.NAMES[dtype], dedup_text)
 
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self.feature_dtype]
+        return precision.dtype(self.feature_dtype)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Each file of a store a writer makes: the per-row shape and dtype of every key, from the
+    format and the feature shapes. Per-row features are ``row_shapes``' keys; the text is a
+    table of distinct captions (``text_table`` + ``text_index``) while writing, and stays so or
+    becomes ``text_features`` (a row each) per ``store_format.dedup_text``."""
+
+    row_shapes: Mapping[str, tuple[int, ...]]
+    text_shape: tuple[int, ...]
+    store_format: StoreFormat
+
+    def dtype(self, key: str) -> torch.dtype:
+        return FIXED_DTYPES.get(key, self.store_format.dtype)
+
+    def row_shape(self, key: str) -> tuple[int, ...]:
+        if key in (TEXT_KEY, TEXT_TABLE_KEY):
+            return tuple(self.text_shape)
+        return () if key == TEXT_INDEX_KEY else tuple(self.row_shapes[key])
+
+    def shape(self, key: str, count: int) -> tuple[int, ...]:
+        return (count,) + self.row_shape(key)
+
+    def row_nbytes(self, key: str) -> int:
+        return math.prod(self.row_shape(key)) * self.dtype(key).itemsize
+
+    @property
+    def per_row_keys(self) -> tuple[str, ...]:
+        """The files with an entry per planned row while writing."""
+        return (*self.row_shapes, TEXT_INDEX_KEY)
+
+    @property
+    def final_keys(self) -> tuple[str, ...]:
+        text = (TEXT_TABLE_KEY, TEXT_INDEX_KEY) if self.store_format.dedup_text else (TEXT_KEY,)
+        return (*self.row_shapes, *text)
 
 
 @dataclass(frozen=True)
@@ -140,9 +185,7 @@ def is_vacant(directory: str | Path) -> bool:
     """True when a store may be written at ``directory``: nothing is there, or an empty
     directory (made ahead of the run, as with ``mkdir -p``), which the store then replaces."""
     path = Path(directory)
-    if not path.exists():
-        return True
-    return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
+    return not path.exists() or (path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None)
 
 
 def read_meta(directory: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -224,7 +267,7 @@ class FeatureStore:
         sizes = {}
         for key, (shape, dtype) in read_meta(self.memmap_dir).items():
             path = self.memmap_dir / f"{key}.memmap"
-            expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            expected = math.prod(shape) * dtype.itemsize
             size = path.stat().st_size if path.is_file() else 0
             if size != expected:
                 cause = ("truncated or missing (an interrupted copy?)" if size < expected else
@@ -274,7 +317,7 @@ class FeatureStore:
                 f"store {self.memmap_dir} lacks {', '.join(missing)} (has {', '.join(self.keys)})"
             )
         for key in self.keys:
-            allowed = _KEY_DTYPES.get(key, tuple(DTYPES.values()))
+            allowed = (FIXED_DTYPES[key],) if key in FIXED_DTYPES else tuple(precision.DTYPES.values())
             if td[key].dtype not in allowed:
                 raise StoreError(
                     f"{self.memmap_dir / 'meta.json'} gives {key} dtype {td[key].dtype}; a store holds it "
@@ -331,9 +374,8 @@ class FeatureStore:
         self.check_files()
         td = self._tensors()
         indices = indices.to(torch.int64)
-        out = {}
-        for key in LATENT_KEYS + (VIDEO_FEATURE_KEYS if self.kind == "video" else ()):
-            out[key] = _gather(td[key], indices, as_float)
+        keys = LATENT_KEYS + (VIDEO_FEATURE_KEYS if self.kind == "video" else ())
+        out = {key: _gather(td[key], indices, as_float) for key in keys}
         if self.dedup_text:
             table_rows = td[TEXT_INDEX_KEY].index_select(0, indices).to(torch.int64)
             unique, inverse = torch.unique(table_rows, return_inverse=True)
@@ -349,9 +391,7 @@ class FeatureStore:
         plus each text-table row once however many of the rows share it. Over an epoch this is
         what must come from disk or the page cache."""
         td = self._tensors()
-        total = 0
-        for key in self.row_keys:
-            total += _row_nbytes(td[key]) * len(indices)
+        total = sum(_row_nbytes(td[key]) for key in self.row_keys) * len(indices)
         if self.dedup_text:
             distinct = torch.unique(td[TEXT_INDEX_KEY].index_select(0, indices.to(torch.int64)))
             total += _row_nbytes(td[TEXT_TABLE_KEY]) * len(distinct)
@@ -361,9 +401,6 @@ class FeatureStore:
         dtypes = sorted({str(self.dtype(k)).replace("torch.", "") for k in self.keys if k != TEXT_INDEX_KEY})
         text = "deduplicated text" if self.dedup_text else "text per row"
         return f"{self.kind} store {self.memmap_dir} ({len(self)} rows, {'/'.join(dtypes)}, {text})"
-
-
-_KEY_DTYPES = {"mean": (torch.float32,), "std": (torch.float32,), TEXT_INDEX_KEY: (torch.int64,)}
 
 
 def _row_nbytes(tensor: torch.Tensor) -> int:
@@ -390,10 +427,7 @@ def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> 
     ``pinned_batches`` it is page-locked."""
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype, pin_memory=getattr(_allocation, "pinned", False))
-    numel = 1
-    for size in shape:
-        numel *= int(size)
-    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 

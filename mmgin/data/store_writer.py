@@ -32,6 +32,7 @@ failure report is merged (the plan's rejected inputs start with the previous rep
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
@@ -49,13 +50,14 @@ from tensordict import MemoryMappedTensor, TensorDict
 from mmgin import io
 from mmgin.data import tsv as tsv_io
 from mmgin.data.store import (
+    META_DTYPES,
     TEXT_INDEX_KEY,
     TEXT_KEY,
     TEXT_TABLE_KEY,
-    DTYPES,
     FeatureStore,
     StoreError,
     StoreFormat,
+    StoreLayout,
     StorePaths,
     is_store,
     is_vacant,
@@ -98,6 +100,10 @@ class Plan:
     previous: list[dict[str, str]] = field(default_factory=list)
 
     @property
+    def layout(self) -> StoreLayout:
+        return StoreLayout(self.row_shapes, self.text_shape, self.store_format)
+
+    @property
     def appends(self) -> int:
         """How many rows of a finished store this plan extends (0: a new store)."""
         return len(self.previous)
@@ -114,7 +120,8 @@ class Plan:
             "rows": [[dict(r.fields), r.caption, r.source, r.span] for r in self.rows],
             "row_shapes": {k: list(v) for k, v in self.row_shapes.items()},
             "text_shape": list(self.text_shape),
-            "format": [self.store_format.feature_dtype, self.store_format.dedup_text],
+            # the storage dtype's torch name ('bfloat16'), as plan.json has always recorded it
+            "format": [str(self.store_format.dtype).removeprefix("torch."), self.store_format.dedup_text],
             "rejected": self.rejected,
             # only when appending: plans saved before append mode existed still compare equal
             **({"previous": self.previous} if self.previous else {}),
@@ -128,7 +135,7 @@ class Plan:
             rows=[PlannedRow(f, c, s, None if span is None else tuple(span)) for f, c, s, span in data["rows"]],
             row_shapes={k: tuple(v) for k, v in data["row_shapes"].items()},
             text_shape=tuple(data["text_shape"]),
-            store_format=StoreFormat(data["format"][0], data["format"][1]),
+            store_format=StoreFormat.of(META_DTYPES[f"torch.{data['format'][0]}"], data["format"][1]),
             rejected=data["rejected"],
             previous=data.get("previous", []),
         )
@@ -218,23 +225,23 @@ def append_plan(directory: Path, plan: Plan, changes: InputChanges, reported: Se
     extract after the store's rows; its failure report, then the new rejections. The store's
     layout, keys and shapes must be the ones ``plan`` would write."""
     previous = FeatureStore.open(directory)
-    dtype_names = {dtype: name for name, dtype in DTYPES.items()}
-    layout = StoreFormat(dtype_names[previous.dtype(TEXT_KEY)], previous.dedup_text)
-    if layout != plan.store_format:
+    stored_format = StoreFormat.of(previous.dtype(TEXT_KEY), previous.dedup_text)
+    if stored_format != plan.store_format:
         raise StoreError(
-            f"store {directory} is laid out with feature_dtype={layout.feature_dtype!r}, "
-            f"dedup_text={layout.dedup_text}, but this extraction is configured with "
+            f"store {directory} is laid out with feature_dtype={stored_format.feature_dtype!r}, "
+            f"dedup_text={stored_format.dedup_text}, but this extraction is configured with "
             f"feature_dtype={plan.store_format.feature_dtype!r}, dedup_text={plan.store_format.dedup_text}; "
             "set those to the store's to append to it"
         )
-    shapes = dict(plan.row_shapes, **{TEXT_KEY: plan.text_shape})
-    extra = sorted(set(previous.keys) - set(shapes) - {TEXT_TABLE_KEY, TEXT_INDEX_KEY})
+    layout = plan.layout
+    keys = (*layout.row_shapes, TEXT_KEY)
+    extra = sorted(set(previous.keys) - set(keys) - {TEXT_TABLE_KEY, TEXT_INDEX_KEY})
     problems = [f"extra key {key}" for key in extra]
-    for key, shape in shapes.items():
+    for key in keys:
         if key != TEXT_KEY and key not in previous.keys:
             problems.append(f"no {key}")
-        elif previous.shape(key) != tuple(shape):
-            problems.append(f"{key} rows of shape {previous.shape(key)}, expected {tuple(shape)}")
+        elif previous.shape(key) != layout.row_shape(key):
+            problems.append(f"{key} rows of shape {previous.shape(key)}, expected {layout.row_shape(key)}")
     if problems:
         raise StoreError(
             f"store {directory} does not hold what this extraction writes ({'; '.join(problems)}): "
@@ -253,6 +260,7 @@ class StoreWriter:
         self.paths = StorePaths(Path(directory))
         self.work = self.paths.partial
         self.plan = plan
+        self.layout = plan.layout
         self.captions = plan.captions
         self._tensors: dict[str, torch.Tensor] = {}
         self._progress_fds: dict[str, int] = {}
@@ -281,14 +289,10 @@ class StoreWriter:
         for stale in self.work.glob("*.memmap"):
             stale.unlink()
         shutil.rmtree(self.work / "failures", ignore_errors=True)
-        n, dtype = len(self.plan.rows), self.plan.store_format.dtype
-        for key, shape in self.plan.row_shapes.items():
-            _allocate(self.work / f"{key}.memmap", (n,) + tuple(shape), _row_dtype(key, dtype))
-        table = _allocate(
-            self.work / f"{TEXT_TABLE_KEY}.memmap", (len(self.captions),) + self.plan.text_shape, dtype
-        )
-        del table
-        index = _allocate(self.work / f"{TEXT_INDEX_KEY}.memmap", (n,), torch.int64)
+        n = len(self.plan.rows)
+        for key in (*self.layout.row_shapes, TEXT_TABLE_KEY):
+            self._allocate(key, self._count(key))  # reserved now; the ranks write it
+        index = self._allocate(TEXT_INDEX_KEY, n)
         position = {caption: i for i, caption in enumerate(self.captions)}
         index.copy_(torch.tensor([position[r.caption] for r in self.plan.rows], dtype=torch.int64))
         del index
@@ -302,15 +306,20 @@ class StoreWriter:
 
     def open(self) -> None:
         """Maps the preallocated files for writing (after rank 0's `prepare` and a barrier)."""
-        n, dtype = len(self.plan.rows), self.plan.store_format.dtype
-        shapes = {k: ((n,) + tuple(s), _row_dtype(k, dtype)) for k, s in self.plan.row_shapes.items()}
-        shapes[TEXT_TABLE_KEY] = ((len(self.captions),) + self.plan.text_shape, dtype)
-        for key, (shape, key_dtype) in shapes.items():
-            self._tensors[key] = MemoryMappedTensor.from_filename(
-                self.work / f"{key}.memmap", dtype=key_dtype, shape=torch.Size(shape), mode="r+"
-            )
+        for key in (*self.layout.row_shapes, TEXT_TABLE_KEY):
+            self._tensors[key] = self._map(key, self._count(key), "r+")
         for name in ("rows", "text"):
             self._progress_fds[name] = os.open(self.work / f"progress.{name}", os.O_RDWR)
+
+    def _count(self, key: str) -> int:
+        return len(self.captions) if key == TEXT_TABLE_KEY else len(self.plan.rows)
+
+    def _allocate(self, key: str, count: int, suffix: str = ".memmap") -> torch.Tensor:
+        return _allocate(self.work / f"{key}{suffix}", self.layout.shape(key, count), self.layout.dtype(key))
+
+    def _map(self, key: str, count: int, mode: str = "r") -> torch.Tensor:
+        return MemoryMappedTensor.from_filename(self.work / f"{key}.memmap", dtype=self.layout.dtype(key),
+                                                shape=torch.Size(self.layout.shape(key, count)), mode=mode)
 
     def close(self) -> None:
         self._tensors.clear()
@@ -327,7 +336,7 @@ class StoreWriter:
     def write_rows(self, indices: Sequence[int], features: Mapping[str, torch.Tensor]) -> None:
         """Writes rows ``indices`` of each per-row feature, then marks them done."""
         index = torch.as_tensor(list(indices), dtype=torch.int64)
-        for key in self.plan.row_shapes:
+        for key in self.layout.row_shapes:
             target = self._tensors[key]
             target.index_copy_(0, index, features[key].detach().to("cpu", target.dtype))
         self._mark("rows", indices, DONE)
@@ -358,12 +367,9 @@ class StoreWriter:
         plan_file = self.work / "plan.json"
         if plan_file.is_file():
             status = self.row_status()
-            text_status = self.text_status()
-            if bool((status == PENDING).any()) or bool((text_status == PENDING).any()):
-                raise StoreError(
-                    f"{self.work}: {int((status == PENDING).sum())} rows and "
-                    f"{int((text_status == PENDING).sum())} captions were not extracted; re-run"
-                )
+            pending = int((status == PENDING).sum()), int((self.text_status() == PENDING).sum())
+            if any(pending):
+                raise StoreError(f"{self.work}: {pending[0]} rows and {pending[1]} captions were not extracted; re-run")
             replacing = overwrite or bool(self.plan.appends)
             self._check_replaceable(replacing)  # before any file beside the store is written
             kept = torch.nonzero(status == DONE).flatten()
@@ -401,56 +407,37 @@ class StoreWriter:
                        Counter(summary_data["rejected"]), summary_data.get("appended"))
 
     def _failure_records(self, status: torch.Tensor) -> list[dict[str, str]]:
-        records = []
-        for index in torch.nonzero(status == FAILED).flatten().tolist():
-            record = json.loads((self.work / "failures" / f"{index}.json").read_text())
-            records.append({k: record[k] for k in FAILURE_COLUMNS})
-        return records
+        failed = torch.nonzero(status == FAILED).flatten().tolist()
+        records = [json.loads((self.work / "failures" / f"{index}.json").read_text()) for index in failed]
+        return [{k: record[k] for k in FAILURE_COLUMNS} for record in records]
 
     def _compact(self, kept: torch.Tensor) -> None:
         """Rewrites each per-row memmap with only the kept rows (one key at a time)."""
         n = len(self.plan.rows)
         if len(kept) == n:
             return
-        keys = list(self.plan.row_shapes) + [TEXT_INDEX_KEY]
-        for key in keys:
-            shape = self.plan.row_shapes.get(key, ())
-            dtype = torch.int64 if key == TEXT_INDEX_KEY else _row_dtype(key, self.plan.store_format.dtype)
-            path = self.work / f"{key}.memmap"
-            row_bytes = _numel(shape) * _itemsize(dtype)
-            if path.stat().st_size == len(kept) * row_bytes:
+        for key in self.layout.per_row_keys:
+            if (self.work / f"{key}.memmap").stat().st_size == len(kept) * self.layout.row_nbytes(key):
                 continue  # compacted before an interruption
-            source = MemoryMappedTensor.from_filename(path, dtype=dtype, shape=torch.Size((n,) + tuple(shape)), mode="r")
-            tmp = path.with_suffix(".memmap.tmp")
-            target = _allocate(tmp, (len(kept),) + tuple(shape), dtype)
-            for start in range(0, len(kept), _CHUNK_ROWS):
-                chunk = kept[start:start + _CHUNK_ROWS]
-                target[start:start + len(chunk)] = source.index_select(0, chunk)
-            del source, target
-            _fsync(tmp)
-            os.replace(tmp, path)
+            self._gather(key, key, n, kept)
 
     def _expand_text(self, rows: int) -> None:
         """Reference layout: a text feature per row, gathered from the table of captions."""
-        path = self.work / f"{TEXT_KEY}.memmap"
-        if path.is_file():
-            return
-        dtype = self.plan.store_format.dtype
-        table = MemoryMappedTensor.from_filename(
-            self.work / f"{TEXT_TABLE_KEY}.memmap", dtype=dtype,
-            shape=torch.Size((len(self.captions),) + self.plan.text_shape), mode="r",
-        )
-        index = MemoryMappedTensor.from_filename(
-            self.work / f"{TEXT_INDEX_KEY}.memmap", dtype=torch.int64, shape=torch.Size((rows,)), mode="r"
-        )
-        tmp = path.with_suffix(".memmap.tmp")
-        target = _allocate(tmp, (rows,) + self.plan.text_shape, dtype)
-        for start in range(0, rows, _CHUNK_ROWS):
-            chunk = index[start:start + _CHUNK_ROWS].to(torch.int64)
-            target[start:start + len(chunk)] = table.index_select(0, chunk)
-        del table, index, target
+        if not (self.work / f"{TEXT_KEY}.memmap").is_file():
+            self._gather(TEXT_KEY, TEXT_TABLE_KEY, len(self.captions), self._map(TEXT_INDEX_KEY, rows))
+
+    def _gather(self, key: str, source_key: str, source_count: int, rows: torch.Tensor) -> None:
+        """Writes ``key``'s file as rows ``rows`` of ``source_key``'s (``source_count`` entries), a
+        chunk at a time through a synced temp file: a kill leaves the old file or the new one."""
+        tmp = self.work / f"{key}.memmap.tmp"
+        source = self._map(source_key, source_count)
+        target = self._allocate(key, len(rows), ".memmap.tmp")
+        for start in range(0, len(rows), _CHUNK_ROWS):
+            chunk = rows[start:start + _CHUNK_ROWS]
+            target[start:start + len(chunk)] = source.index_select(0, chunk)
+        del source, target
         _fsync(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, self.work / f"{key}.memmap")
 
     def _merge_previous(self, new_rows: int) -> None:
         """Append mode: writes each file as the finished store's data followed by the new rows'
@@ -461,51 +448,29 @@ class StoreWriter:
         if previous.ids != [row["id"] for row in self.plan.previous]:
             raise StoreError(f"store {self.paths.directory} changed since the append in {self.work} "
                              f"began; delete {self.work} and append again")
-        dtype = self.plan.store_format.dtype
         table_offset = previous.column(TEXT_TABLE_KEY).shape[0] if self.plan.store_format.dedup_text else 0
-        for key in self._final_keys():
+        for key in self.layout.final_keys:
             old = previous.column(key)
             count = len(self.captions) if key == TEXT_TABLE_KEY else new_rows
-            key_dtype = torch.int64 if key == TEXT_INDEX_KEY else _row_dtype(key, dtype)
-            new = MemoryMappedTensor.from_filename(self.work / f"{key}.memmap", dtype=key_dtype,
-                                                   shape=torch.Size((count,) + tuple(old.shape[1:])), mode="r")
+            new = self._map(key, count)
             tmp = self.work / f"{key}.memmap.merging"
-            target = _allocate(tmp, (len(old) + count,) + tuple(old.shape[1:]), key_dtype)
-            for start in range(0, len(old), _CHUNK_ROWS):
-                stop = min(start + _CHUNK_ROWS, len(old))
-                target[start:stop] = old[start:stop]
-            for start in range(0, count, _CHUNK_ROWS):
-                chunk = new[start:start + _CHUNK_ROWS]
-                target[len(old) + start:len(old) + start + len(chunk)] = (
-                    chunk + table_offset if key == TEXT_INDEX_KEY else chunk)
+            target = self._allocate(key, len(old) + count, ".memmap.merging")
+            for at, part, shift in ((0, old, 0), (len(old), new, table_offset if key == TEXT_INDEX_KEY else 0)):
+                for start in range(0, len(part), _CHUNK_ROWS):
+                    chunk = part[start:start + _CHUNK_ROWS]
+                    target[at + start:at + start + len(chunk)] = chunk + shift if shift else chunk
             del old, new, target
             _fsync(tmp)
         io.write_text(self.work / MERGED_MARKER, "")
 
-    def _final_keys(self) -> list[str]:
-        keys = list(self.plan.row_shapes)
-        if self.plan.store_format.dedup_text:
-            return keys + [TEXT_TABLE_KEY, TEXT_INDEX_KEY]
-        return keys + [TEXT_KEY]
-
     def _write_meta(self, rows: int) -> None:
         """meta.json through tensordict itself, so `TensorDict.load_memmap` reads the store."""
-        dtype = self.plan.store_format.dtype
         tensors = {}
-        for key in self._final_keys():
+        for key in self.layout.final_keys:
+            count = rows
             if key == TEXT_TABLE_KEY:  # its entries: the captions, and an appended store's own
-                table_bytes = (self.work / f"{key}.memmap").stat().st_size
-                entries = table_bytes // (_numel(self.plan.text_shape) * _itemsize(dtype))
-                shape, key_dtype = (entries,) + self.plan.text_shape, dtype
-            elif key == TEXT_INDEX_KEY:
-                shape, key_dtype = (rows,), torch.int64
-            elif key == TEXT_KEY:
-                shape, key_dtype = (rows,) + self.plan.text_shape, dtype
-            else:
-                shape, key_dtype = (rows,) + tuple(self.plan.row_shapes[key]), _row_dtype(key, dtype)
-            tensors[key] = MemoryMappedTensor.from_filename(
-                self.work / f"{key}.memmap", dtype=key_dtype, shape=torch.Size(shape), mode="r+"
-            )
+                count = (self.work / f"{key}.memmap").stat().st_size // self.layout.row_nbytes(key)
+            tensors[key] = self._map(key, count, "r+")
         TensorDict(tensors, batch_size=[]).memmap_(self.work, existsok=True)
         written = json.loads((self.work / "meta.json").read_text())
         if sorted(k for k in written if isinstance(written[k], dict)) != sorted(tensors):
@@ -589,22 +554,6 @@ def finish_publishing(store: Path) -> None:
 _CHUNK_ROWS = 64
 
 
-def _row_dtype(key: str, feature_dtype: torch.dtype) -> torch.dtype:
-    """VAE posteriors stay float32: latents are sampled from them during training."""
-    return torch.float32 if key in ("mean", "std") else feature_dtype
-
-
-def _numel(shape: Sequence[int]) -> int:
-    total = 1
-    for s in shape:
-        total *= int(s)
-    return total
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def _allocate(path: Path, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled file of the tensor's size, mapped shared for writing.
 
@@ -637,17 +586,9 @@ def _read_progress(path: Path) -> torch.Tensor:
 
 def _runs(sorted_indices: Sequence[int]):
     """(start, length) of each run of consecutive integers."""
-    start = previous = None
-    for i in sorted_indices:
-        if start is None:
-            start = previous = i
-        elif i == previous + 1:
-            previous = i
-        else:
-            yield start, previous - start + 1
-            start = previous = i
-    if start is not None:
-        yield start, previous - start + 1
+    for _, run in itertools.groupby(enumerate(sorted_indices), lambda pair: pair[1] - pair[0]):
+        run = list(run)
+        yield run[0][1], len(run)
 
 
 def _fsync(path: Path) -> None:

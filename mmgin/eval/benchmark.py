@@ -15,7 +15,7 @@ import torch
 from absl import logging
 
 from mmgin.eval import cache as cache_files
-from mmgin.eval import metrics
+from mmgin.eval import embedders, metrics
 from mmgin.eval.cache import FeatureCache
 from mmgin.eval.pairing import pair_by_name
 
@@ -24,8 +24,6 @@ ISC_METRICS = ("ISC-PANNS-mean", "ISC-PANNS-std", "ISC-PASST-mean", "ISC-PASST-s
 PAIRED_METRICS = ("KL-PANNS-softmax", "KL-PASST-softmax", "IB-Score", "DeSync",
                   "LAION-CLAP-Score", "MS-CLAP-Score")
 ALL_METRICS = FD_METRICS + PAIRED_METRICS[:2] + ISC_METRICS + PAIRED_METRICS[2:]
-
-SyncHead = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass
@@ -36,9 +34,6 @@ class EvaluationResult:
     unavailable: dict[str, str]
     gt_cache: str
     pred_cache: str
-
-    def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class _Unavailable(Exception):
@@ -53,14 +48,13 @@ def evaluate_caches(
     skip_video_related: bool = False,
     skip_clap: bool = False,
     clean_sample_names: bool = True,
-    sync_head: SyncHead | None = None,
     device: str | torch.device = "cpu",
 ) -> EvaluationResult:
     """Every av-benchmark metric computable from the two cache directories.
 
     Mirrors av-benchmark's `evaluate(gt, pred, is_paired, num_samples=1, skip_video_related,
-    skip_clap)`. `sync_head` is Synchformer's `compare_v_a`; when None and both synchformer
-    caches exist, av-benchmark's model is loaded if it is installed (mmgin.eval.embedders).
+    skip_clap)`. DeSync loads Synchformer's sync head from av-benchmark when it is installed
+    and both synchformer caches exist (mmgin.eval.embedders).
     """
     gt, pred = FeatureCache(gt_cache), FeatureCache(pred_cache)
     if not gt.directory.is_dir():
@@ -87,8 +81,13 @@ def evaluate_caches(
         if missing:
             raise _Unavailable("missing " + "; ".join(missing))
 
-    def paired(name: str, what: str, clean: bool = clean_sample_names):
-        return _pair_across(gt, name, pred, name, clean, what)
+    def paired(gt_file: str, what: str, pred_file: str | None = None, clean: bool = clean_sample_names):
+        """The gt and pred entries paired by name; `pred_file` defaults to the gt's file name."""
+        pred_file = pred_file or gt_file
+        result = pair_by_name(gt.load(gt_file), pred.load(pred_file), clean_names=clean, what=what)
+        if not result.keys:
+            raise _Unavailable(f"no key of {pred.path(pred_file)} matches a key of {gt.path(gt_file)}")
+        return result
 
     def fd_vgg():
         need((gt, cache_files.VGGISH), (pred, cache_files.VGGISH))
@@ -133,29 +132,19 @@ def evaluate_caches(
     def cosine(gt_file: str, pred_file: str, what: str) -> Callable[[], tuple[float]]:
         def compute():
             need((gt, gt_file), (pred, pred_file))
-            p = _pair_across(gt, gt_file, pred, pred_file, clean_sample_names, what)
+            p = paired(gt_file, what, pred_file)
             return (metrics.mean_cosine_similarity(torch.stack(p.gt), torch.stack(p.pred)),)
         return compute
 
     def desync():
         need((gt, cache_files.SYNCHFORMER_VIDEO), (pred, cache_files.SYNCHFORMER_AUDIO))
-        head = sync_head
-        if head is None:
-            from mmgin.eval import embedders
-
-            try:
-                head = embedders.load_sync_head(device)
-            except embedders.EmbeddingModelsUnavailable as e:
-                raise _Unavailable(str(e)) from e
-        p = _pair_across(gt, cache_files.SYNCHFORMER_VIDEO, pred, cache_files.SYNCHFORMER_AUDIO,
-                         clean_sample_names, "Synchformer features")
+        try:
+            head = embedders.load_sync_head(device)
+        except embedders.EmbeddingModelsUnavailable as e:
+            raise _Unavailable(str(e)) from e
+        p = paired(cache_files.SYNCHFORMER_VIDEO, "Synchformer features", cache_files.SYNCHFORMER_AUDIO)
         with torch.inference_mode():
             return (metrics.desync(head, torch.stack(p.gt), torch.stack(p.pred), device=device),)
-
-    def skipped(reason: str) -> Callable[[], tuple[float, ...]]:
-        def compute():
-            raise _Unavailable(reason)
-        return compute
 
     run(("FD-VGG",), fd_vgg)
     run(("FD-PANN",), fd_pann)
@@ -166,18 +155,18 @@ def evaluate_caches(
     run(("ISC-PANNS-mean", "ISC-PANNS-std"), isc_panns)
     run(("ISC-PASST-mean", "ISC-PASST-std"), isc_passt)
     if not is_paired:
-        for name in PAIRED_METRICS:
-            unavailable[name] = "paired metric; evaluation ran with is_paired=False"
+        unavailable.update(dict.fromkeys(PAIRED_METRICS, "paired metric; evaluation ran with is_paired=False"))
+    elif skip_video_related:
+        unavailable.update(dict.fromkeys(("IB-Score", "DeSync"), "skipped (skip_video_related=True)"))
     else:
-        video = skipped("skipped (skip_video_related=True)") if skip_video_related else None
-        clap = skipped("skipped (skip_clap=True)") if skip_clap else None
-        run(("IB-Score",), video or cosine(cache_files.IMAGEBIND_VIDEO, cache_files.IMAGEBIND_AUDIO,
-                                           "ImageBind features"))
-        run(("DeSync",), video or desync)
-        run(("LAION-CLAP-Score",), clap or cosine(cache_files.CLAP_LAION_TEXT,
-                                                  cache_files.CLAP_LAION_AUDIO, "LAION-CLAP features"))
-        run(("MS-CLAP-Score",), clap or cosine(cache_files.CLAP_MS_TEXT, cache_files.CLAP_MS_AUDIO,
-                                               "MS-CLAP features"))
+        run(("IB-Score",), cosine(cache_files.IMAGEBIND_VIDEO, cache_files.IMAGEBIND_AUDIO, "ImageBind features"))
+        run(("DeSync",), desync)
+    if is_paired and skip_clap:
+        unavailable.update(dict.fromkeys(("LAION-CLAP-Score", "MS-CLAP-Score"), "skipped (skip_clap=True)"))
+    elif is_paired:
+        run(("LAION-CLAP-Score",), cosine(cache_files.CLAP_LAION_TEXT, cache_files.CLAP_LAION_AUDIO,
+                                          "LAION-CLAP features"))
+        run(("MS-CLAP-Score",), cosine(cache_files.CLAP_MS_TEXT, cache_files.CLAP_MS_AUDIO, "MS-CLAP features"))
     ordered = {name: values[name] for name in ALL_METRICS if name in values}
     missing = {name: unavailable[name] for name in ALL_METRICS if name in unavailable}
     return EvaluationResult(ordered, missing, str(gt.directory), str(pred.directory))
@@ -188,11 +177,3 @@ def _stack(entries: dict[str, Any], field: str | None = None) -> torch.Tensor:
     if not entries:
         raise _Unavailable("cache is empty")
     return torch.stack([v[field] if field else v for v in entries.values()])
-
-
-def _pair_across(gt: FeatureCache, gt_file: str, pred: FeatureCache, pred_file: str,
-                 clean: bool, what: str):
-    result = pair_by_name(gt.load(gt_file), pred.load(pred_file), clean_names=clean, what=what)
-    if not result.keys:
-        raise _Unavailable(f"no key of {pred.path(pred_file)} matches a key of {gt.path(gt_file)}")
-    return result

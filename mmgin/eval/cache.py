@@ -106,7 +106,6 @@ def read_cache(path: str | Path) -> dict[str, Any]:
 
 def write_cache(path: str | Path, entries: Mapping[str, Any]) -> None:
     """Writes one cache file atomically, in `entries`' order, as contiguous CPU tensors."""
-    path = Path(path)
     validate(path, entries)
 
     def compact(value: Any) -> Any:
@@ -129,9 +128,6 @@ class FeatureCache:
 
     def has(self, name: str) -> bool:
         return self.path(name).is_file()
-
-    def missing(self, *names: str) -> list[str]:
-        return [name for name in names if not self.has(name)]
 
     def load(self, name: str) -> dict[str, Any]:
         if name not in self._loaded:

@@ -39,7 +39,7 @@ class AvBenchWeight:
     used_for: str
 
 
-def av_bench_weights(home: Path | None = None) -> list[AvBenchWeight]:
+def av_bench_weights() -> list[AvBenchWeight]:
     """The files av_bench reads from fixed places under the home directory.
 
     av_bench downloads these itself when they are missing; mmgin refuses instead, so that an
@@ -47,9 +47,8 @@ def av_bench_weights(home: Path | None = None) -> list[AvBenchWeight]:
     weights are fetched by their own libraries into the torch hub / Hugging Face caches on
     first use; run one av-benchmark evaluation online, or copy those caches, beforehand.)
     """
-    home = Path.home() if home is None else home
-    weights = home / ".cache" / "av-benchmark" / "weights"
-    panns = home / ".cache" / "audioldm_eval" / "ckpt"
+    weights = Path.home() / ".cache" / "av-benchmark" / "weights"
+    panns = Path.home() / ".cache" / "audioldm_eval" / "ckpt"
     return [
         AvBenchWeight(weights / "synchformer_state_dict.pth",
                       "https://github.com/hkchengrex/MMAudio/releases/download/v0.1/synchformer_state_dict.pth",
@@ -108,15 +107,9 @@ def extract_audio_cache(
     _require()
     from av_bench.extract import extract  # pylint: disable=import-outside-toplevel
 
-    extract(
-        audio_path=Path(audio_dir),
-        output_path=Path(cache_dir),
-        audio_length=audio_length,
-        batch_size=batch_size,
-        device=str(device),
-        skip_video_related=skip_video_related,
-        skip_clap=skip_clap,
-    )
+    extract(audio_path=Path(audio_dir), output_path=Path(cache_dir), audio_length=audio_length,
+            batch_size=batch_size, device=str(device), skip_video_related=skip_video_related,
+            skip_clap=skip_clap)
 
 
 def load_sync_head(device: str | torch.device = "cpu") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

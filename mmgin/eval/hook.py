@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gin
@@ -14,6 +15,7 @@ from mmgin.eval.report import ScalarWriter, explain_missing_predictions, publish
 
 
 @gin.configurable
+@dataclasses.dataclass
 class EvaluationHook:
     """Called by the training loop (rank 0) after it has written validation audio.
 
@@ -24,37 +26,28 @@ class EvaluationHook:
     stops training: it is warned about once and its metrics are listed as unavailable.
     """
 
-    def __init__(
-        self,
-        gt_cache: str | Path = gin.REQUIRED,
-        tag: str = "val",
-        audio_length: float = 8.0,
-        batch_size: int = 32,
-        device: str = "auto",
-        is_paired: bool = True,
-        skip_video_related: bool = False,
-        skip_clap: bool = False,
-        clean_sample_names: bool = True,
-        extract_features: bool = True,
-        metrics_filename: str = "metrics.json",
-    ):
-        self.gt_cache = Path(gt_cache).expanduser()
+    gt_cache: str | Path = gin.REQUIRED
+    tag: str = "val"
+    audio_length: float = 8.0
+    batch_size: int = 32
+    device: str = "auto"
+    is_paired: bool = True
+    skip_video_related: bool = False
+    skip_clap: bool = False
+    clean_sample_names: bool = True
+    extract_features: bool = True
+    metrics_filename: str = "metrics.json"
+    _warned: set[str] = dataclasses.field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.gt_cache = Path(self.gt_cache).expanduser()
         if not self.gt_cache.is_dir():
             raise FileNotFoundError(
                 f"EvaluationHook.gt_cache={self.gt_cache} is not a directory; point it at an "
                 "av-benchmark ground-truth cache (see mmgin/eval/README.md)"
             )
-        self.tag = tag
-        self.audio_length = audio_length
-        self.batch_size = batch_size
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        self.is_paired = is_paired
-        self.skip_video_related = skip_video_related
-        self.skip_clap = skip_clap
-        self.clean_sample_names = clean_sample_names
-        self.extract_features = extract_features
-        self.metrics_filename = metrics_filename
-        self._warned: set[str] = set()
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:

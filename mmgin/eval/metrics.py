@@ -75,36 +75,33 @@ def frechet_distance(pred: ArrayLike, gt: ArrayLike, method: str = "auto") -> fl
         method = "low_rank" if min(n, m) < d else "sqrtm"
     mu_x, mu_y = x.mean(axis=0), y.mean(axis=0)
     diff = mu_x - mu_y
-    if method == "low_rank":
-        xc, yc = x - mu_x, y - mu_y
-        tr_x = (xc * xc).sum() / (n - 1)
-        tr_y = (yc * yc).sum() / (m - 1)
-        cross = (xc @ yc.T) / np.sqrt((n - 1) * (m - 1))
-        try:
+    try:
+        if method == "low_rank":
+            xc, yc = x - mu_x, y - mu_y
+            tr_x = (xc * xc).sum() / (n - 1)
+            tr_y = (yc * yc).sum() / (m - 1)
+            cross = (xc @ yc.T) / np.sqrt((n - 1) * (m - 1))
             tr_covmean = np.linalg.svd(cross, compute_uv=False).sum()
             if not np.isfinite(tr_covmean):
                 raise ValueError("non-finite singular values")
-        except (ValueError, np.linalg.LinAlgError) as e:
-            logging.warning("FD failed (%s); reporting %s", e, FD_FAILED)
-            return FD_FAILED
-        return float(diff @ diff + tr_x + tr_y - 2.0 * tr_covmean)
-    sigma_x, sigma_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    try:
-        covmean = _sqrtm(sigma_x @ sigma_y)
-        if not np.isfinite(covmean).all():
-            logging.warning("FD: sqrtm not finite; retrying with %g added to the diagonals",
-                            FD_SQRTM_OFFSET)
-            offset = np.eye(d) * FD_SQRTM_OFFSET
-            covmean = _sqrtm((sigma_x + offset) @ (sigma_y + offset))
-        if np.iscomplexobj(covmean):
-            largest = np.abs(np.diagonal(covmean).imag).max()
-            if largest > FD_MAX_IMAGINARY:
-                raise ValueError(f"imaginary component {largest:.3g} on the sqrtm diagonal")
-            covmean = covmean.real
+        else:
+            sigma_x, sigma_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+            covmean = _sqrtm(sigma_x @ sigma_y)
+            if not np.isfinite(covmean).all():
+                logging.warning("FD: sqrtm not finite; retrying with %g added to the diagonals",
+                                FD_SQRTM_OFFSET)
+                offset = np.eye(d) * FD_SQRTM_OFFSET
+                covmean = _sqrtm((sigma_x + offset) @ (sigma_y + offset))
+            if np.iscomplexobj(covmean):
+                largest = np.abs(np.diagonal(covmean).imag).max()
+                if largest > FD_MAX_IMAGINARY:
+                    raise ValueError(f"imaginary component {largest:.3g} on the sqrtm diagonal")
+                covmean = covmean.real
+            tr_x, tr_y, tr_covmean = np.trace(sigma_x), np.trace(sigma_y), np.trace(covmean)
     except (ValueError, np.linalg.LinAlgError) as e:
         logging.warning("FD failed (%s); reporting %s", e, FD_FAILED)
         return FD_FAILED
-    return float(diff @ diff + np.trace(sigma_x) + np.trace(sigma_y) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + tr_x + tr_y - 2.0 * tr_covmean)
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:

@@ -40,9 +40,6 @@ class Paired:
     pred_only: list[str] = field(default_factory=list)
     gt_only: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
 
 def pair_by_name(
     gt: Mapping[str, Any], pred: Mapping[str, Any], *, clean_names: bool = True, what: str = ""
@@ -68,7 +65,7 @@ def pair_by_name(
     if paired.pred_only or paired.gt_only:
         logging.info(
             "%s: %d paired; %d pred-only skipped %s; %d gt-only skipped %s",
-            what or "pairing", len(paired), len(paired.pred_only), _preview(paired.pred_only),
+            what or "pairing", len(paired.keys), len(paired.pred_only), _preview(paired.pred_only),
             len(paired.gt_only), _preview(paired.gt_only),
         )
     return paired

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,9 +32,9 @@ def publish(
     result: EvaluationResult,
     *,
     tag: str,
-    iteration: int | None = None,
-    writer: ScalarWriter | None = None,
-    json_path: str | Path | None = None,
+    iteration: int,
+    writer: ScalarWriter | None,
+    json_path: str | Path,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Logs `<tag>/<metric>` lines and scalars, and writes the json file atomically."""
@@ -45,6 +46,5 @@ def publish(
         logging.info("%s/%s unavailable: %s", tag, name, reason)
     if writer is not None and hasattr(writer, "flush"):
         writer.flush()
-    if json_path is not None:
-        document = {"tag": tag, "iteration": iteration, **result.as_json(), **(extra or {})}
-        io.write_text(json_path, json.dumps(document, indent=2) + "\n")
+    document = {"tag": tag, "iteration": iteration, **dataclasses.asdict(result), **(extra or {})}
+    io.write_text(json_path, json.dumps(document, indent=2) + "\n")

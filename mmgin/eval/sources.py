@@ -1,12 +1,13 @@
 """What to generate audio for: the items of a feature store, a folder of videos, or captions.
 
 Each source lists item ids and turns a list of item indices into conditioning features
-(mmgin.eval.generate.Conditions). A bad video is skipped and reported, never fatal.
+(mmgin.model.sampling.Conditions). A bad video is skipped and reported, never fatal.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -17,10 +18,10 @@ from absl import logging
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
 from mmgin.data.store import FeatureStore
 from mmgin.io import safe_file_name
-from mmgin.eval.generate import Conditions
 from mmgin.media.errors import MediaError
 from mmgin.media.video import load_video_frames
 from mmgin.model import SequenceConfig
+from mmgin.model.sampling import Conditions
 from mmgin.model.sequence import CLIP_FPS, SYNC_FPS
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi")
@@ -79,10 +80,7 @@ class StoreSource:
         self.source_videos = Path(source_videos) if source_videos else None
 
     def prepare(self, indices: list[int]) -> Prepared:
-        batch = self.dataset.__getitems__(indices)
-        conditions = Conditions(batch["clip_features"].float(), batch["sync_features"].float(),
-                                batch["text_features"].float(), batch["video_exist"], batch["text_exist"])
-        return Prepared(list(indices), conditions)
+        return Prepared(list(indices), Conditions.from_batch(self.dataset.__getitems__(indices)))
 
     def source_video(self, item_id: str) -> Path | None:
         return find_video(self.source_videos, item_id)
@@ -117,18 +115,14 @@ class CaptionSource:
         self.captions = read_captions(captions_csv)
         self.ids = list(self.captions)
         self._clip_factory = clip_encoder
-        self._clip: _TextEncoder | None = None
 
-    @property
+    @functools.cached_property
     def clip(self) -> _TextEncoder:
-        if self._clip is None:
-            self._clip = self._clip_factory()
-        return self._clip
+        return self._clip_factory()
 
     def prepare(self, indices: list[int]) -> Prepared:
-        ids = [self.ids[i] for i in indices]
-        text = self.clip.encode_text([self.captions[i] for i in ids])
-        size = len(ids)
+        text = self.clip.encode_text([self.captions[self.ids[i]] for i in indices])
+        size = len(indices)
         conditions = Conditions(None, None, text, torch.zeros(size, dtype=torch.bool),
                                 torch.ones(size, dtype=torch.bool))
         return Prepared(list(indices), conditions)
@@ -164,12 +158,10 @@ class VideoFolderSource:
         self.captions = captions or {}
         self.device = torch.device(device)
         self._factories = (clip_encoder, sync_encoder)
-        self._encoders: tuple | None = None
 
-    def _models(self):
-        if self._encoders is None:
-            self._encoders = tuple(factory().to(self.device) for factory in self._factories)
-        return self._encoders
+    @functools.cached_property
+    def _encoders(self) -> tuple[torch.nn.Module, ...]:
+        return tuple(factory().to(self.device) for factory in self._factories)
 
     def prepare(self, indices: list[int]) -> Prepared:
         kept, ids, clips, syncs, failures = [], [], [], [], []
@@ -190,14 +182,13 @@ class VideoFolderSource:
             syncs.append(sync)
         if not ids:
             return Prepared([], None, failures)
-        clip_model, sync_model = self._models()
+        clip_model, sync_model = self._encoders
         with torch.inference_mode():
             clip_f = clip_model.encode_frames(torch.stack(clips).to(self.device))
             sync_f = sync_model(torch.stack(syncs).to(self.device))
             captioned = [name in self.captions for name in ids]
-            text_f = None
-            if any(captioned):
-                text_f = clip_model.encode_text([self.captions.get(name, "") for name in ids])
+            text_f = (clip_model.encode_text([self.captions.get(name, "") for name in ids])
+                      if any(captioned) else None)
         conditions = Conditions(clip_f, sync_f, text_f, torch.ones(len(ids), dtype=torch.bool),
                                 torch.tensor(captioned, dtype=torch.bool))
         return Prepared(kept, conditions, failures)

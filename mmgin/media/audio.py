@@ -37,10 +37,6 @@ class DecodedAudio:
     def num_frames(self) -> int:
         return self.samples.shape[-1]
 
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.sample_rate
-
     def mono(self) -> torch.Tensor:
         """Channel mean (float32), as the reference down-mixes."""
         return self.samples.mean(dim=0)
@@ -175,15 +171,6 @@ def load_audio(
     resample; require ``min_samples``; truncate to ``max_samples``.
     """
     decoded = decode_audio(path)
-    return prepare_waveform(
-        decoded.mono(),
-        decoded.sample_rate,
-        sample_rate,
-        normalize=normalize,
-        reject_silent=reject_silent,
-        start_sample=start_sample,
-        end_sample=end_sample,
-        min_samples=min_samples,
-        max_samples=max_samples,
-        path=path,
-    )
+    return prepare_waveform(decoded.mono(), decoded.sample_rate, sample_rate, normalize=normalize,
+                            reject_silent=reject_silent, start_sample=start_sample, end_sample=end_sample,
+                            min_samples=min_samples, max_samples=max_samples, path=path)

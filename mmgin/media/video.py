@@ -33,13 +33,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from mmgin.media.errors import (
-    BadFrameRate,
-    BadFrameSize,
-    NoVideoStream,
-    TooShort,
-    UnreadableMedia,
-)
+from mmgin.media.errors import BadFrameRate, BadFrameSize, NoVideoStream, TooShort, UnreadableMedia
 
 MIN_FRAME_RATE = 1.0
 MAX_FRAME_RATE = 1000.0

@@ -79,14 +79,8 @@ class MMDitSingleBlock(nn.Module):
     q/k/v to a joint attention (the last joint block's CLIP and text streams).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        pre_only: bool = False,
-        kernel_size: int = 7,
-    ):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, pre_only: bool = False,
+                 kernel_size: int = 7):
         super().__init__()
         self.pre_only = pre_only
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
@@ -159,8 +153,7 @@ class JointBlock(nn.Module):
 
         joint = [torch.cat([x_qkv[i], c_qkv[i], t_qkv[i]], dim=2) for i in range(3)]
         attn_out = attention(*joint)
-        latent_len, clip_len = latent.shape[1], clip_f.shape[1]
-        x_out, c_out, t_out = attn_out.split([latent_len, clip_len, text_f.shape[1]], dim=1)
+        x_out, c_out, t_out = attn_out.split([latent.shape[1], clip_f.shape[1], text_f.shape[1]], dim=1)
 
         latent = self.latent_block.post_attention(latent, x_out, x_mod)
         if not self.pre_only:

@@ -16,11 +16,8 @@ from mmgin.model.network import MMAudio
 
 def _matmul_flops(module: nn.Module, tokens: int) -> int:
     """2 x tokens x weight elements over every Linear/Conv1d inside ``module``."""
-    total = 0
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Conv1d)):
-            total += 2 * tokens * sub.weight.numel()
-    return total
+    layers = (sub for sub in module.modules() if isinstance(sub, (nn.Linear, nn.Conv1d)))
+    return sum(2 * tokens * sub.weight.numel() for sub in layers)
 
 
 def _attention_flops(tokens: int, dim: int) -> int:
@@ -35,12 +32,8 @@ def _single_block_flops(block: MMDitSingleBlock, tokens: int, condition_tokens: 
 
 def forward_flops_breakdown(network: MMAudio) -> dict[str, int]:
     """FLOPs of one forward pass for one sample, by part of the network."""
-    latent, clip, sync, text = (
-        network.latent_seq_len,
-        network.clip_seq_len,
-        network.sync_seq_len,
-        network.text_seq_len,
-    )
+    latent, clip = network.latent_seq_len, network.clip_seq_len
+    sync, text = network.sync_seq_len, network.text_seq_len
     dim = network.hidden_dim
     parts = {
         "input_projections": (

@@ -6,6 +6,7 @@ x_t = (1 - (1 - sigma_min) t) x0 + t x1 and the velocity target is x1 - (1 - sig
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import gin
@@ -18,6 +19,7 @@ INFERENCE_MODES = ("euler", "adaptive")
 
 
 @gin.configurable
+@dataclasses.dataclass(frozen=True)
 class FlowMatching:
     """Training math and sampling of the rectified flow.
 
@@ -27,29 +29,21 @@ class FlowMatching:
     Dormand–Prince RK45 with ``rtol``/``atol`` and returns the state at t = 1.
     """
 
-    def __init__(
-        self,
-        min_sigma: float = 0.0,
-        inference_mode: str = "euler",
-        num_steps: int = 25,
-        mean: float = 0.0,
-        scale: float = 1.0,
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-    ):
-        if inference_mode not in INFERENCE_MODES:
+    min_sigma: float = 0.0
+    inference_mode: str = "euler"
+    num_steps: int = 25
+    mean: float = 0.0
+    scale: float = 1.0
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.inference_mode not in INFERENCE_MODES:
             raise ValueError(
-                f"FlowMatching.inference_mode {inference_mode!r} is not one of {INFERENCE_MODES}"
+                f"FlowMatching.inference_mode {self.inference_mode!r} is not one of {INFERENCE_MODES}"
             )
-        if inference_mode == "euler" and num_steps < 1:
-            raise ValueError(f"FlowMatching.num_steps must be >= 1 for Euler, got {num_steps}")
-        self.min_sigma = min_sigma
-        self.inference_mode = inference_mode
-        self.num_steps = num_steps
-        self.mean = mean
-        self.scale = scale
-        self.rtol = rtol
-        self.atol = atol
+        if self.inference_mode == "euler" and self.num_steps < 1:
+            raise ValueError(f"FlowMatching.num_steps must be >= 1 for Euler, got {self.num_steps}")
 
     # -------------------------------------------------------------------- training
     def sample_t(

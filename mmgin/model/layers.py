@@ -49,13 +49,8 @@ class ChannelLastConv1d(nn.Conv1d):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if (
-            self.stride != (1,)
-            or self.dilation != (1,)
-            or self.groups != 1
-            or isinstance(self.padding, str)
-            or self.padding_mode != "zeros"
-        ):
+        plain = (self.stride, self.dilation, self.groups, self.padding_mode) == ((1,), (1,), 1, "zeros")
+        if not plain or isinstance(self.padding, str):
             raise ValueError(
                 "ChannelLastConv1d supports stride 1, dilation 1, groups 1 and integer zero "
                 f"padding only; got stride={self.stride} dilation={self.dilation} "
@@ -142,11 +137,7 @@ class TimestepEmbedder(nn.Module):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
         self.max_period = max_period
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, dim),
-            nn.SiLU(),
-            nn.Linear(dim, dim),
-        )
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.register_buffer("freqs", self.compute_freqs(), persistent=False)
 
     def compute_freqs(self) -> torch.Tensor:

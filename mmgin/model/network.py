@@ -7,6 +7,7 @@ released `mmaudio_*.pth` files load strictly and reproduce the reference outputs
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import gin
@@ -18,7 +19,8 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from mmgin.model.blocks import FinalBlock, JointBlock, MMDitSingleBlock
 from mmgin.model.layers import MLP, ChannelLastConv1d, ConvMLP, TimestepEmbedder
 from mmgin.model.rope import rope_rotations
-from mmgin.model.sequence import SYNC_SEGMENT_FRAMES, SYNC_DOWNSAMPLE
+from mmgin.model.sequence import (CLIP_DIM, SYNC_DIM, SYNC_DOWNSAMPLE, SYNC_SEGMENT_FRAMES, TEXT_DIM,
+                                  TEXT_SEQ_LEN, SequenceConfig)
 
 SYNC_TOKENS_PER_SEGMENT = SYNC_SEGMENT_FRAMES // SYNC_DOWNSAMPLE
 # Keys of released files that the module recomputes instead of loading.
@@ -53,23 +55,20 @@ CHECKPOINTING_MODES = (False, True, "full", "selective")
 
 _aten = torch.ops.aten
 # Outputs worth keeping: recomputing them costs FLOPs, not just memory traffic.
-_PRODUCT_OPS = frozenset(
-    op for op in (
-        _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
-        _aten._scaled_dot_product_cudnn_attention.default,
-        _aten._scaled_dot_product_flash_attention.default,
-        _aten._scaled_dot_product_efficient_attention.default,
-        _aten._scaled_dot_product_flash_attention_for_cpu.default,
-    )
-)
+_PRODUCT_OPS = frozenset((
+    _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+))
 
 
 def _keep_products(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _PRODUCT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _keep_products_context() -> tuple[Any, Any]:
-    return create_selective_checkpoint_contexts(_keep_products)
+_keep_products_context = functools.partial(create_selective_checkpoint_contexts, _keep_products)
 
 
 @gin.configurable
@@ -94,10 +93,10 @@ class MMAudio(nn.Module):
         latent_seq_len: int,
         clip_seq_len: int = 64,
         sync_seq_len: int = 192,
-        text_seq_len: int = 77,
-        clip_dim: int = 1024,
-        sync_dim: int = 768,
-        text_dim: int = 1024,
+        text_seq_len: int = TEXT_SEQ_LEN,
+        clip_dim: int = CLIP_DIM,
+        sync_dim: int = SYNC_DIM,
+        text_dim: int = TEXT_DIM,
         mlp_ratio: float = 4.0,
         v2: bool = False,
         latent_mean: torch.Tensor | None = None,
@@ -110,9 +109,7 @@ class MMAudio(nn.Module):
             raise ValueError(f"MMAudio.activation_checkpointing={activation_checkpointing!r}; use one of "
                              f"{CHECKPOINTING_MODES}")
         if hidden_dim % num_heads or hidden_dim // num_heads % 2:
-            raise ValueError(
-                f"hidden_dim {hidden_dim} must split into {num_heads} even-sized heads"
-            )
+            raise ValueError(f"hidden_dim {hidden_dim} must split into {num_heads} even-sized heads")
         if not 0 <= fused_depth < depth:
             raise ValueError(f"need 0 <= fused_depth ({fused_depth}) < depth ({depth})")
         self.v2 = v2
@@ -217,16 +214,8 @@ class MMAudio(nn.Module):
                 f"sync_seq_len {self._sync_seq_len} is not a whole number of "
                 f"{SYNC_TOKENS_PER_SEGMENT}-token Synchformer segments"
             )
-        head_dim = self.hidden_dim // self.num_heads
-        tables = {
-            "latent_rot": rope_rotations(self._latent_seq_len, head_dim),
-            "clip_rot": rope_rotations(
-                self._clip_seq_len,
-                head_dim,
-                freq_scaling=1.0 * self._latent_seq_len / self._clip_seq_len,
-            ),
-            "sync_index": sync_upsample_index(self._sync_seq_len, self._latent_seq_len),
-        }
+        tables = self._rope_tables()
+        tables["sync_index"] = sync_upsample_index(self._sync_seq_len, self._latent_seq_len)
         device = self.latent_mean.device
         for name, table in tables.items():
             if device.type != "meta":
@@ -235,11 +224,7 @@ class MMAudio(nn.Module):
         freqs = self.t_embed.compute_freqs()
         self.t_embed.freqs = freqs if device.type == "meta" else freqs.to(device)
 
-    def released_tables(self) -> dict[str, torch.Tensor]:
-        """The recomputed tables a released file of this variant stores (and its loader drops):
-        the RoPE tables in v1 files, the timestep frequencies in v2 files; CPU float32."""
-        if self.v2:
-            return {"t_embed.freqs": self.t_embed.compute_freqs()}
+    def _rope_tables(self) -> dict[str, torch.Tensor]:
         head_dim = self.hidden_dim // self.num_heads
         return {
             "latent_rot": rope_rotations(self._latent_seq_len, head_dim),
@@ -247,6 +232,13 @@ class MMAudio(nn.Module):
                 self._clip_seq_len, head_dim, freq_scaling=1.0 * self._latent_seq_len / self._clip_seq_len
             ),
         }
+
+    def released_tables(self) -> dict[str, torch.Tensor]:
+        """The recomputed tables a released file of this variant stores (and its loader drops):
+        the RoPE tables in v1 files, the timestep frequencies in v2 files; CPU float32."""
+        if self.v2:
+            return {"t_embed.freqs": self.t_embed.compute_freqs()}
+        return self._rope_tables()
 
     def released_state_dict(self, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``state`` (default: this network's weights) in the released file's exact layout.
@@ -395,14 +387,8 @@ class MMAudio(nn.Module):
         # Conditioned on global_c, not extended_c (reference issue #55), as the weights expect.
         return self.final_layer(latent, global_c)
 
-    def forward(
-        self,
-        latent: torch.Tensor,
-        clip_f: torch.Tensor,
-        sync_f: torch.Tensor,
-        text_f: torch.Tensor,
-        t: torch.Tensor,
-    ) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor:
         return self.predict_flow(latent, t, self.preprocess_conditions(clip_f, sync_f, text_f))
 
     # ------------------------------------------------------------------ empty / CFG
@@ -481,3 +467,15 @@ VARIANTS: dict[str, Variant] = {
     "tiny_16k": Variant("16k", 20, num_heads=2, depth=3, fused_depth=1, head_dim=32),
     "tiny_44k": Variant("44k", 40, num_heads=2, depth=3, fused_depth=1, head_dim=32),
 }
+
+
+def network_kwargs(name: str, duration: float = 8.0) -> dict[str, Any]:
+    """Constructor arguments of the variant ``name`` for clips of ``duration`` seconds."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown network {name!r}; expected one of {sorted(VARIANTS)}")
+    variant = VARIANTS[name]
+    seq = SequenceConfig.for_mode(variant.mode, duration)
+    return dict(latent_dim=variant.latent_dim, hidden_dim=variant.hidden_dim, depth=variant.depth,
+                fused_depth=variant.fused_depth, num_heads=variant.num_heads,
+                latent_seq_len=seq.latent_seq_len, clip_seq_len=seq.clip_seq_len,
+                sync_seq_len=seq.sync_seq_len, text_seq_len=seq.text_seq_len, v2=variant.v2)

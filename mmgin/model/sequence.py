@@ -1,7 +1,8 @@
-"""Sequence lengths of every stream, derived from the clip duration and the audio mode.
+"""Sequence lengths and feature widths of every stream, derived from the clip duration and the
+audio mode.
 
 The network's RoPE tables, sync upsampling and input checks depend on these lengths, and the
-data pipeline needs the matching sample count, so both read them from one place.
+data pipeline needs the matching sample count and widths, so both read them from one place.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ SYNC_SEGMENT_STEP = 8
 SYNC_DOWNSAMPLE = 2
 LATENT_DOWNSAMPLE = 2
 TEXT_SEQ_LEN = 77
+# Feature widths of the released encoders: CLIP ViT-H-14 (image and text towers) and Synchformer.
+CLIP_DIM = 1024
+SYNC_DIM = 768
+TEXT_DIM = 1024
+TEXT_SHAPE = (TEXT_SEQ_LEN, TEXT_DIM)
 
 _MODES = {
     # mode: (sampling rate, STFT hop, VAE latent channels)

@@ -20,8 +20,6 @@ from tqdm import tqdm
 
 from mmgin import dist, io, preemption
 from mmgin.eval import benchmark, embedders
-from mmgin.eval.benchmark import EvaluationResult
-from mmgin.eval.generate import DEFAULT_CFG_STRENGTH, generate_latents
 from mmgin.eval.hook import EvaluationHook
 from mmgin.eval.mux import mux_video_with_audio
 from mmgin.eval.report import publish
@@ -29,55 +27,11 @@ from mmgin.eval.sources import (CaptionSource, ConditionSource, Failure, StoreSo
                                 VideoFolderSource, read_captions)
 from mmgin.media.errors import MediaError
 from mmgin.media.write import write_audio
-from mmgin.model import FlowMatching, MMAudio, SequenceConfig, network_kwargs
+from mmgin.model import FlowMatching, MMAudio, SequenceConfig, load_network
 from mmgin.model.network import VARIANTS
+from mmgin.model.sampling import DEFAULT_CFG_STRENGTH, generate_latents
+from mmgin.precision import autocast, check as check_precision
 from mmgin.programs.base import Program
-from mmgin.train import checkpoint as ckpt
-from mmgin.weights import MissingWeightsError, resolve as resolve_weights
-
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
-
-
-def load_network_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Network tensors and the training iteration (None if unknown) from any weights file.
-
-    Accepts a released file or a synthesized EMA (a bare state dict), or a training checkpoint
-    (mmgin's online `network` weights, or the reference's <exp>_ckpt_last.pth `weights`). `path` is found by `mmgin.weights.resolve`.
-    """
-    try:
-        path = resolve_weights(path)
-    except MissingWeightsError as missing:
-        raise MissingWeightsError(
-            f"Evaluate.weights={path} does not exist: give a released mmaudio_<name>.pth, an EMA "
-            f"file written by SynthesizeEMA, or a training checkpoint (checkpoints/ckpt_*.pth).\n{missing}"
-        ) from None
-    found = ckpt.weights_in(io.load_torch(path))
-    if found is not None:
-        return found
-    raise ValueError(
-        f"Evaluate.weights={path} is neither a network state dict (released / EMA format) nor an "
-        "mmgin training checkpoint (a dict with 'network' and 'iteration')"
-    )
-
-
-def build_network(name: str, weights: str | Path, duration: float, device: torch.device
-                  ) -> tuple[MMAudio, int | None]:
-    """The network `name` holding `weights`, in eval mode on `device`."""
-    state, iteration = load_network_weights(weights)
-    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
-    if bad:  # e.g. a network saved before any statistics or null text were set: it would give NaN
-        raise ValueError(
-            f"Evaluate.weights={weights} holds non-finite values in {', '.join(bad[:5])}: it is not a "
-            "trained network (give ema_final.pth, a training checkpoint or a released file)"
-        )
-    with torch.device("meta"):
-        network = MMAudio(**network_kwargs(name, duration))
-    try:
-        network.load_weights(state, assign=True)
-    except RuntimeError as e:
-        raise ValueError(f"Evaluate.weights={weights} does not fit network {name!r}: {e}") from e
-    return network.to(device).eval().requires_grad_(False), iteration
-
 
 @gin.configurable
 class Evaluate(Program):
@@ -96,6 +50,10 @@ class Evaluate(Program):
     A repeated id's later items are `<id>-1`, `<id>-2`, ... (mmgin.io.distinct_file_names).
     Metrics need `gt_cache` (an av-benchmark ground-truth cache dir); pred caches are
     extracted into `<tag>-sampled/cache` when av-benchmark is installed.
+
+    `precision` ('bf16', 'fp16' or 'fp32') is the autocast of generation and decoding, on any
+    device, as in Train's validation samples: the same weights, seed and precision give the
+    same latents in both.
 
     Under torchrun each rank generates a strided shard of the items with its own generator
     (seeded `seed + rank`); rank 0 computes the metrics. SIGTERM stops every rank after its
@@ -124,7 +82,7 @@ class Evaluate(Program):
         tag: str = "test",
         write_videos: bool = True,
         videos_per_batch: int | None = None,
-        autocast: str = "bfloat16",
+        precision: str = "bf16",
         sigterm_grace_seconds: float = preemption.DEFAULT_GRACE_SECONDS,
     ):
         super().__init__(output_dir)
@@ -137,17 +95,14 @@ class Evaluate(Program):
                 f"Evaluate needs exactly one input among store, video_dir, captions_csv "
                 f"(captions_csv may accompany video_dir); got {given or 'none'}"
             )
-        for name in ("store", "video_dir", "captions_csv", "source_videos", "gt_cache"):
-            value = {**inputs, "source_videos": source_videos, "gt_cache": gt_cache}[name]
+        for name, value in {**inputs, "source_videos": source_videos, "gt_cache": gt_cache}.items():
             if value and not Path(value).exists():
                 raise FileNotFoundError(f"Evaluate.{name}={value} does not exist")
-        needs_clip = bool(video_dir or captions_csv)
-        if needs_clip and clip_encoder is None:
+        if (video_dir or captions_csv) and clip_encoder is None:
             raise ValueError("Evaluate.clip_encoder is required for video_dir/captions_csv (e.g. @get_clip)")
         if video_dir and sync_encoder is None:
             raise ValueError("Evaluate.sync_encoder is required for video_dir (e.g. @get_synchformer)")
-        if autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"Evaluate.autocast={autocast!r}; expected one of {sorted(AUTOCAST_DTYPES)}")
+        self.precision = check_precision("Evaluate.precision", precision)
         if batch_size < 1:
             raise ValueError(f"Evaluate.batch_size must be >= 1, got {batch_size}")
         self.network_name = network
@@ -166,12 +121,28 @@ class Evaluate(Program):
         self.tag = tag
         self.write_videos = write_videos
         self.videos_per_batch = videos_per_batch
-        self.autocast_dtype = AUTOCAST_DTYPES[autocast]
         self.sigterm_grace_seconds = sigterm_grace_seconds
         self.audio_dir = self.output_dir / f"{tag}-sampled"
         self.video_out_dir = self.output_dir / f"{tag}-sampled-videos"
+        self.network: MMAudio | None = None  # these four come from build()
+        self.iteration: int | None = None
+        self.codec: torch.nn.Module | None = None
+        self.source: ConditionSource | None = None
 
-    # ------------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------------ build
+    def build(self) -> None:
+        """Builds the network from `weights`, the codec (checking its mode against the network's)
+        and the condition source, so a dry run stops on a wrong file or mode."""
+        device = dist.info().device
+        network, self.iteration = load_network(self.network_name, self.weights, "Evaluate.weights",
+                                               self.seq.duration)
+        self.network = network.to(device).eval().requires_grad_(False)
+        self.codec = self.codec_factory(with_encoder=False).to(device)
+        if self.codec.sampling_rate != self.seq.sampling_rate:
+            raise ValueError(f"Evaluate.codec is {self.codec.mode} but network {self.network_name} "
+                             f"generates {self.seq.mode} latents; bind AudioCodec.mode = '{self.seq.mode}'")
+        self.source = self._source(device)
+
     def _source(self, device: torch.device) -> ConditionSource:
         if self.store:
             return StoreSource(self.store, self.seq, self.source_videos)
@@ -183,25 +154,21 @@ class Evaluate(Program):
 
     # ------------------------------------------------------------------------- run
     def run(self) -> None:
+        if self.network is None:
+            raise RuntimeError("Evaluate.run() before build(): launch it through launch.py")
         with preemption.sigterm_stops(self.sigterm_grace_seconds) as stop:
             self._run(stop)
 
     def _run(self, stop: preemption.StopRequest) -> None:
         info = dist.info()
-        device = info.device
         started = time.time()
-        network, iteration = build_network(self.network_name, self.weights, self.seq.duration, device)
-        codec = self.codec_factory(with_encoder=False).to(device)
-        if codec.sampling_rate != self.seq.sampling_rate:
-            raise ValueError(f"Evaluate.codec is {codec.mode} but network {self.network_name} "
-                             f"generates {self.seq.mode} latents; bind AudioCodec.mode = '{self.seq.mode}'")
-        source = self._source(device)
+        network, codec, source = self.network, self.codec, self.source
         if self.write_videos and self.store and not self.source_videos:
             dist.log_main("no Evaluate.source_videos for the store: no mp4s are written")
         count = len(source.ids) if self.limit is None else min(self.limit, len(source.ids))
         names = io.distinct_file_names(source.ids[:count])  # ids from user tables; repeats get their own files
         mine = list(range(info.rank, count, info.world_size))
-        generator = torch.Generator(device=device).manual_seed(self.seed + info.rank)
+        generator = torch.Generator(device=info.device).manual_seed(self.seed + info.rank)
         if info.is_main:
             self.audio_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
@@ -220,18 +187,14 @@ class Evaluate(Program):
             if not prepared.indices:
                 continue
             latents = generate_latents(network, self.flow, prepared.conditions, generator,
-                                       self.cfg_strength, self.autocast_dtype)
-            with torch.inference_mode(), torch.autocast(
-                device_type=device.type, dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None and device.type == "cuda",
-            ):
+                                       self.cfg_strength, self.precision)
+            with torch.inference_mode(), autocast(self.precision, info.device):
                 audio = codec.decode_latent(latents).float().cpu()
             for n, (index, wav) in enumerate(zip(prepared.indices, audio)):
                 write_audio(self.audio_dir / f"{names[index]}.flac", wav, codec.sampling_rate)
                 written += 1
                 if self.write_videos and (self.videos_per_batch is None or n < self.videos_per_batch):
                     self._mux(source, source.ids[index], names[index], wav, codec.sampling_rate, failures)
-        self.record_config()  # the network, codec and (on the first batch) the encoders are built
 
         totals = dist.all_gather_objects({"written": written, "failures": [vars(f) for f in failures],
                                           "stopped": stopped})
@@ -243,7 +206,7 @@ class Evaluate(Program):
         # Only rank 0 scores; the others leave now instead of waiting in a collective that
         # could time out while av-benchmark extracts features.
         if info.is_main:
-            self._finish(totals, iteration, time.time() - started)
+            self._finish(totals, time.time() - started)
 
     def _mux(self, source: ConditionSource, item_id: str, name: str, wav: torch.Tensor, rate: int,
              failures: list[Failure]) -> None:
@@ -258,13 +221,13 @@ class Evaluate(Program):
             failures.append(Failure(item_id, str(video), e.reason, str(e)))
 
     # ---------------------------------------------------------------------- metrics
-    def _finish(self, totals: list[dict[str, Any]], iteration: int | None, seconds: float) -> None:
+    def _finish(self, totals: list[dict[str, Any]], seconds: float) -> None:
         written = sum(t["written"] for t in totals)
         failures = [f for t in totals for f in t["failures"]]
         if self.gt_cache is None:
             reason = "no ground-truth cache given (set Evaluate.gt_cache to an av-benchmark cache dir)"
-            result = EvaluationResult({}, {name: reason for name in benchmark.ALL_METRICS},
-                                      "", str(self.audio_dir / "cache"))
+            result = benchmark.EvaluationResult({}, dict.fromkeys(benchmark.ALL_METRICS, reason), "",
+                                                str(self.audio_dir / "cache"))
         else:
             hook = EvaluationHook(gt_cache=self.gt_cache, tag=self.tag, audio_length=self.seq.duration)
             if embedders.av_bench_unavailable_reason() is not None and (self.audio_dir / "cache").is_dir():
@@ -274,12 +237,9 @@ class Evaluate(Program):
         extra = {"network": self.network_name, "weights": str(self.weights), "generated": written,
                  "seconds": round(seconds, 2), "failures": failures,
                  "audio_dir": str(self.audio_dir)}
-        writer = SummaryWriter(str(self.output_dir))
-        try:
-            publish(result, tag=self.tag, iteration=iteration or 0, writer=writer,
+        with SummaryWriter(str(self.output_dir)) as writer:
+            publish(result, tag=self.tag, iteration=self.iteration or 0, writer=writer,
                     json_path=self.output_dir / "metrics.json", extra=extra)
-        finally:
-            writer.close()
         logging.info("%s: wrote %d flac files to %s (%d failures) in %.1f s; metrics in %s",
                      self.tag, written, self.audio_dir, len(failures), seconds,
                      self.output_dir / "metrics.json")

@@ -18,15 +18,14 @@ import torch
 from absl import logging
 
 from mmgin import dist, io
-from mmgin.model import MMAudio
-from mmgin.train import checkpoint as ckpt
+from mmgin.model import MMAudio, load_weights_into
 
 
 @gin.configurable
 class ExportWeights:
     """Writes the network weights of ``checkpoint`` to ``output`` in the released layout.
 
-    ``checkpoint`` is anything `Train.weights` accepts: an mmgin training checkpoint, a
+    ``checkpoint`` is any file mmgin.model.loading reads: an mmgin training checkpoint, a
     reference <exp>_ckpt_last.pth, or a weights file (re-exported as is). ``network`` (a
     factory, e.g. `@get_network` with a gin/model/ fragment) is the variant the weights belong
     to: they are loaded into it strictly first, so a mismatch stops before anything is written.
@@ -45,10 +44,9 @@ class ExportWeights:
     def run(self) -> None:
         if not dist.is_main():
             return
-        weights = ckpt.network_weights(self.checkpoint)
         with torch.device("meta"):  # the weights replace every tensor: no initialisation
             network = self.make_network()
-        network.load_weights(weights, assign=True)
+        load_weights_into(network, self.checkpoint, "ExportWeights.checkpoint", assign=True)
         released = network.released_state_dict({k: v.float() for k, v in network.state_dict().items()})
         io.save_torch(released, self.output)
         logging.info("wrote %s: the network of %s in the released layout (%d tensors)",

@@ -10,35 +10,19 @@ clips whose name has no caption, or an empty one, are skipped and reported. Audi
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Mapping
 
 import gin
 import torch
 from absl import logging
 
-from mmgin import dist
+from mmgin import precision as numerics
 from mmgin.data import tsv as tsv_io
-from mmgin.data.extraction import (
-    encode_captions,
-    cuda_tf32,
-    encode_null_text,
-    stop_if_nothing_planned,
-    Extraction,
-    StageTimes,
-    discard_empty_workdir,
-    log_summary,
-    plan_run,
-)
-from mmgin.data.store import AUDIO_COLUMNS, StoreFormat, StorePaths
+from mmgin.data.store import AUDIO_COLUMNS, CLIP_COLUMNS
 from mmgin.data.store_writer import Plan, PlannedRow
 from mmgin.media.audio import decode_audio, prepare_waveform
-from mmgin.model.sequence import SequenceConfig
-from mmgin.programs.base import Program
-from mmgin.programs.extract_video import TEXT_SHAPE, move_to
-from mmgin.programs.partition_clips import CLIP_COLUMNS
-
-_PREFERRED_SUFFIXES = (".flac", ".wav")
+from mmgin.programs.extraction_base import ExtractionProgram, PlannedRows, media_files
 
 
 class ClipRowDecoder:
@@ -69,26 +53,10 @@ class ClipRowDecoder:
         return {"waveform": waveform.to(torch.float32)}
 
 
-def _audio_files(audio_dir: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(audio_dir.iterdir()):
-        if not path.is_file():
-            continue
-        current = files.get(path.stem)
-        rank = _PREFERRED_SUFFIXES.index(path.suffix) if path.suffix in _PREFERRED_SUFFIXES else len(_PREFERRED_SUFFIXES)
-        if current is None or rank < (
-            _PREFERRED_SUFFIXES.index(current.suffix) if current.suffix in _PREFERRED_SUFFIXES else len(_PREFERRED_SUFFIXES)
-        ):
-            files[path.stem] = path
-    return files
-
-
 def plan_clip_rows(audio_dir: Path, captions_tsv: Path, clips_tsv: Path) -> tuple[list[PlannedRow], list[dict[str, str]]]:
     """Rows to extract in clip-table order and the rejected clips with their reasons."""
-    if not audio_dir.is_dir():
-        raise FileNotFoundError(f"AUDIO_DIR {audio_dir} is not a directory; set AUDIO_DIR")
+    files = media_files(audio_dir, "AUDIO_DIR", (".flac", ".wav"))
     captions = {r["id"]: r["caption"] for r in tsv_io.read_table(captions_tsv, required=AUDIO_COLUMNS)}
-    files = _audio_files(audio_dir)
     rows, rejected, seen = [], [], set()
     for record in tsv_io.read_table(clips_tsv, required=CLIP_COLUMNS):
         clip_id, name = record["id"], record["name"]
@@ -119,12 +87,12 @@ def plan_clip_rows(audio_dir: Path, captions_tsv: Path, clips_tsv: Path) -> tupl
 
 
 @gin.configurable
-class ExtractAudioFeatures(Program):
+class ExtractAudioFeatures(ExtractionProgram):
     """Audio-text set -> store ``output_dir`` (+ ``<name>.tsv`` with id, caption, + failures).
 
     ``codec`` (an AudioCodec) fixes the mode (16 kHz or 44.1 kHz). Audio is peak-normalised
-    over the whole file and silent files are rejected, as in the reference. ``bf16``, ``tf32``,
-    ``feature_dtype`` and ``dedup_text`` as in ExtractVideoFeatures, and
+    over the whole file and silent files are rejected, as in the reference. ``precision``,
+    ``tf32``, ``feature_dtype`` and ``dedup_text`` as in ExtractVideoFeatures, and
     ``overwrite``/``append``.
     """
 
@@ -140,67 +108,36 @@ class ExtractAudioFeatures(Program):
         batch_size: int = 32,
         text_batch_size: int = 64,
         num_workers: int = 8,
-        bf16: bool = False,
+        precision: str = "fp32",
         tf32: bool = True,
-        feature_dtype: str = "bfloat16",
+        feature_dtype: str = "bf16",
         dedup_text: bool = True,
         overwrite: bool = False,
         append: bool = False,
     ):
-        self.store = Path(output_dir)
-        super().__init__(StorePaths(self.store).partial, published_as=self.store)
+        super().__init__(output_dir, codec, clip, duration, batch_size, text_batch_size, num_workers,
+                         precision, tf32, feature_dtype, dedup_text, overwrite, append)
         self.audio_dir, self.captions_tsv, self.clips_tsv = Path(audio_dir), Path(captions_tsv), Path(clips_tsv)
-        self.codec, self.clip = codec, clip
-        self.sequence = SequenceConfig.for_mode(codec.mode, duration)
-        self.batch_size, self.text_batch_size, self.num_workers = batch_size, text_batch_size, num_workers
-        self.bf16 = bf16
-        self.tf32 = tf32
-        self.store_format = StoreFormat(feature_dtype, dedup_text)
-        self.overwrite, self.append = overwrite, append
-        self.times = StageTimes()
 
-    def _plan(self) -> Plan:
+    def plan_rows(self) -> PlannedRows:
         rows, rejected = plan_clip_rows(self.audio_dir, self.captions_tsv, self.clips_tsv)
         no_caption = sum(r["reason"] == "no_caption" for r in rejected)
         if no_caption:
             logging.warning("%d clips have no caption in %s and are skipped", no_caption, self.captions_tsv)
         latent = (self.sequence.latent_seq_len, self.codec.latent_dim)
-        return Plan(AUDIO_COLUMNS, rows, {"mean": latent, "std": latent}, TEXT_SHAPE, self.store_format, rejected)
+        return AUDIO_COLUMNS, rows, rejected, {"mean": latent, "std": latent}
 
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+    def nothing_to_extract(self) -> str:
+        return f"no clip of {self.clips_tsv} could be extracted"
 
-    def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        device = batch["waveform"].device
-        with self._autocast(device), self.times.measure("audio (VAE)", device):
-            mean, std = self.codec.encode_waveform(batch["waveform"])
-        return {"mean": mean.float(), "std": std.float()}
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        return encode_captions(self.clip, captions, self.bf16)
-
-    def encode_null_text(self) -> torch.Tensor:
-        return encode_null_text(self.clip, self.bf16)
-
-    def run(self) -> None:
-        start = time.perf_counter()
-        plan = dist.broadcast_object(
-            plan_run(self.store, self._plan(), self.overwrite, self.append) if dist.is_main() else None)
-        if plan is None:
-            discard_empty_workdir(self.store)
-            return
-        stop_if_nothing_planned(plan, self.store, f"no clip of {self.clips_tsv} could be extracted")
-        device = dist.info().device
-        self.codec = move_to(self.codec, device)
-        self.clip = move_to(self.clip, device)
-        decoder = ClipRowDecoder(
+    def row_decoder(self, plan: Plan) -> ClipRowDecoder:
+        return ClipRowDecoder(
             tuple(r.source for r in plan.rows), tuple(r.span for r in plan.rows),
             self.sequence.sampling_rate, self.sequence.num_audio_samples,
         )
-        extraction = Extraction(
-            self.store, plan, decoder, self.encode_batch, self.encode_text, self.encode_null_text,
-            self.batch_size, self.text_batch_size, self.num_workers, self.overwrite, self.times,
-        )
-        with cuda_tf32(self.tf32):
-            summary = extraction.run()
-        log_summary(self.store, summary, time.perf_counter() - start, extraction.times)
+
+    def encode_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        device = batch["waveform"].device
+        with numerics.autocast(self.precision, device), self.times.measure("audio (VAE)", device):
+            mean, std = self.codec.encode_waveform(batch["waveform"])
+        return {"mean": mean.float(), "std": std.float()}

@@ -9,35 +9,22 @@ mmgin.data.extraction and mmgin.data.store_writer for sharding, resuming and fai
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import gin
 import torch
 from absl import logging
 
-from mmgin import dist
+from mmgin import precision as numerics
 from mmgin.data import tsv as tsv_io
-from mmgin.data.extraction import (
-    encode_captions,
-    cuda_tf32,
-    encode_null_text,
-    stop_if_nothing_planned,
-    Extraction,
-    StageTimes,
-    discard_empty_workdir,
-    log_summary,
-    plan_run,
-)
-from mmgin.data.store import VIDEO_COLUMNS, StoreFormat, StorePaths
+from mmgin.data.store import VIDEO_COLUMNS
 from mmgin.data.store_writer import Plan, PlannedRow
 from mmgin.media.audio import load_audio
 from mmgin.media.video import clip_frames_to_float, decode_video_frames, sync_frames_to_float
-from mmgin.model.sequence import SYNC_FPS, SequenceConfig
-from mmgin.programs.base import Program
-
-TEXT_SHAPE = (77, 1024)
+from mmgin.model.sequence import CLIP_DIM, SYNC_DIM, SYNC_FPS
+from mmgin.programs.extraction_base import ExtractionProgram, PlannedRows, media_files
 
 
 @dataclass(frozen=True)
@@ -67,12 +54,7 @@ def plan_video_rows(video_dir: Path, video_tsv: Path) -> tuple[list[PlannedRow],
     """Rows to extract in tsv order, rejected rows (duplicate id, empty label, no file), unlisted
     files. An empty label is a gap in the table, not a caption: its row is rejected, not trained
     on with the features of an empty string."""
-    if not video_dir.is_dir():
-        raise FileNotFoundError(f"VIDEO_DIR {video_dir} is not a directory; set VIDEO_DIR")
-    files: dict[str, Path] = {}
-    for path in sorted(video_dir.iterdir()):
-        if path.is_file() and (path.stem not in files or path.suffix == ".mp4"):
-            files[path.stem] = path
+    files = media_files(video_dir, "VIDEO_DIR", (".mp4",))
     rows, rejected, seen = [], [], set()
     for record in tsv_io.read_table(video_tsv, required=VIDEO_COLUMNS):
         video_id, label = record["id"], record["label"]
@@ -89,27 +71,25 @@ def plan_video_rows(video_dir: Path, video_tsv: Path) -> tuple[list[PlannedRow],
     return rows, rejected, len(set(files) - seen)
 
 
-def move_to(module, device: torch.device):
-    """Encoders are nn.Modules (or expose ``to``); extraction runs them in eval mode."""
-    return module.to(device) if hasattr(module, "to") else module
-
-
 @gin.configurable
-class ExtractVideoFeatures(Program):
+class ExtractVideoFeatures(ExtractionProgram):
     """Video set -> store ``output_dir`` (+ ``<name>.tsv`` with id, label, + failure report).
 
     ``codec`` (an AudioCodec) fixes the mode: 16 kHz (latents 250x20) or 44.1 kHz (345x40).
     ``normalize_audio`` peak-normalises the soundtrack (the reference does for training sets,
-    not for val/test). The encoders run in float32, on CUDA with TF32 matmuls (``tf32``, the
-    reference's setting: features within ~1e-3 relative of strict float32; a CPU is always
-    strict float32). ``bf16`` runs them under bfloat16 autocast instead (faster; features differ
-    from float32 by ~1e-2 relative, see bench/README.md).
+    not for val/test). ``precision`` 'fp32' runs the encoders in float32, on CUDA with TF32
+    matmuls (``tf32``, the reference's setting: features within ~1e-3 relative of strict
+    float32; a CPU is always strict float32); 'bf16' runs them under bfloat16 autocast instead
+    (faster; features differ from float32 by ~1e-2 relative, see mmgin/data/README.md).
     ``compile`` compiles the CLIP image tower and Synchformer with ``compile_backend``
     (static shapes; a minute or two of compilation on the first batch, then faster batches).
-    ``feature_dtype``/``dedup_text`` choose the store layout; 'float32' and False give the
-    reference layout. A finished store is left as it is (the log says how many input rows are
-    new or gone); ``overwrite`` rebuilds it, ``append`` extends it with the new rows only.
+    ``feature_dtype`` ('bf16' or 'fp32', also 'fp16') and ``dedup_text`` choose the store
+    layout; 'fp32' and False give the reference layout. A finished store is left as it is (the
+    log says how many input rows are new or gone); ``overwrite`` rebuilds it, ``append``
+    extends it with the new rows only.
     """
+
+    ENCODERS = ("codec", "clip", "synchformer")
 
     def __init__(
         self,
@@ -124,41 +104,45 @@ class ExtractVideoFeatures(Program):
         batch_size: int = 16,
         text_batch_size: int = 64,
         num_workers: int = 8,
-        bf16: bool = False,
+        precision: str = "fp32",
         tf32: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
-        feature_dtype: str = "bfloat16",
+        feature_dtype: str = "bf16",
         dedup_text: bool = True,
         overwrite: bool = False,
         append: bool = False,
     ):
-        self.store = Path(output_dir)
-        super().__init__(StorePaths(self.store).partial, published_as=self.store)
+        super().__init__(output_dir, codec, clip, duration, batch_size, text_batch_size, num_workers,
+                         precision, tf32, feature_dtype, dedup_text, overwrite, append)
         self.video_dir, self.video_tsv = Path(video_dir), Path(video_tsv)
-        self.codec, self.clip, self.synchformer = codec, clip, synchformer
-        self.sequence = SequenceConfig.for_mode(codec.mode, duration)
+        self.synchformer = synchformer
         self.normalize_audio = normalize_audio
-        self.batch_size, self.text_batch_size, self.num_workers = batch_size, text_batch_size, num_workers
-        self.bf16 = bf16
-        self.tf32 = tf32
         self.compile, self.compile_backend = compile, compile_backend
-        self.store_format = StoreFormat(feature_dtype, dedup_text)
-        self.overwrite, self.append = overwrite, append
-        self.times = StageTimes()
 
-    def _plan(self) -> Plan:
+    def plan_rows(self) -> PlannedRows:
         rows, rejected, unlisted = plan_video_rows(self.video_dir, self.video_tsv)
         if unlisted:
             logging.info("%d files in %s are not in %s and are ignored", unlisted, self.video_dir, self.video_tsv)
         seq = self.sequence
         latent = (seq.latent_seq_len, self.codec.latent_dim)
-        shapes = {"mean": latent, "std": latent, "clip_features": (seq.clip_seq_len, 1024),
-                  "sync_features": (seq.sync_seq_len, 768)}
-        return Plan(VIDEO_COLUMNS, rows, shapes, TEXT_SHAPE, self.store_format, rejected)
+        shapes = {"mean": latent, "std": latent, "clip_features": (seq.clip_seq_len, CLIP_DIM),
+                  "sync_features": (seq.sync_seq_len, SYNC_DIM)}
+        return VIDEO_COLUMNS, rows, rejected, shapes
 
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+    def nothing_to_extract(self) -> str:
+        return f"no row of {self.video_tsv} has a video in {self.video_dir}"
+
+    def row_decoder(self, plan: Plan) -> VideoRowDecoder:
+        seq = self.sequence
+        return VideoRowDecoder(
+            tuple(row.source for row in plan.rows), seq.sampling_rate, seq.num_audio_samples,
+            self.normalize_audio, seq.clip_seq_len, int(seq.duration * SYNC_FPS),
+        )
+
+    def prepare_encoders(self, device: torch.device) -> None:
+        super().prepare_encoders(device)
+        self.compile_encoders()
 
     def compile_encoders(self) -> None:
         """With ``compile``, compiles CLIP's image tower and Synchformer in place (their modules
@@ -167,9 +151,9 @@ class ExtractVideoFeatures(Program):
             self.clip.compile_for_inference(self.compile_backend)
             self.synchformer.compile_for_inference(self.compile_backend)
 
-    def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def encode_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = batch["waveform"].device
-        with self._autocast(device):
+        with numerics.autocast(self.precision, device):
             with self.times.measure("audio (VAE)", device):
                 mean, std = self.codec.encode_waveform(batch["waveform"])
             with self.times.measure("clip", device):
@@ -178,35 +162,3 @@ class ExtractVideoFeatures(Program):
                 sync = self.synchformer(sync_frames_to_float(batch["sync_frames"]))
         return {"mean": mean.float(), "std": std.float(), "clip_features": clip.float(),
                 "sync_features": sync.float()}
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        return encode_captions(self.clip, captions, self.bf16)
-
-    def encode_null_text(self) -> torch.Tensor:
-        return encode_null_text(self.clip, self.bf16)
-
-    def run(self) -> None:
-        start = time.perf_counter()
-        plan = dist.broadcast_object(
-            plan_run(self.store, self._plan(), self.overwrite, self.append) if dist.is_main() else None)
-        if plan is None:
-            discard_empty_workdir(self.store)
-            return
-        stop_if_nothing_planned(plan, self.store, f"no row of {self.video_tsv} has a video in {self.video_dir}")
-        device = dist.info().device
-        self.codec = move_to(self.codec, device)
-        self.clip = move_to(self.clip, device)
-        self.synchformer = move_to(self.synchformer, device)
-        self.compile_encoders()
-        seq = self.sequence
-        decoder = VideoRowDecoder(
-            tuple(row.source for row in plan.rows), seq.sampling_rate, seq.num_audio_samples,
-            self.normalize_audio, seq.clip_seq_len, int(seq.duration * SYNC_FPS),
-        )
-        extraction = Extraction(
-            self.store, plan, decoder, self.encode_batch, self.encode_text, self.encode_null_text,
-            self.batch_size, self.text_batch_size, self.num_workers, self.overwrite, self.times,
-        )
-        with cuda_tf32(self.tf32):
-            summary = extraction.run()
-        log_summary(self.store, summary, time.perf_counter() - start, extraction.times)

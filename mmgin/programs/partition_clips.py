@@ -17,12 +17,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmgin import dist
 from mmgin.data import tsv as tsv_io
+from mmgin.data.store import CLIP_COLUMNS
 from mmgin.data.store_writer import FAILURE_COLUMNS
 from mmgin.media.audio import decode_audio
 from mmgin.media.errors import MediaError
 from mmgin.programs.base import Program
-
-CLIP_COLUMNS = ("id", "name", "start_sample", "end_sample")
 
 
 def audio_length(path: str | Path) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Several programs run one after another from one command (the example uses it)."""
+"""Several programs run one after another from one command (the example uses it), and
+`join_path`, which composes their paths in gin so that one OUTPUT_DIR places every stage."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ import gin
 
 from mmgin import dist, preemption
 from mmgin.programs.base import Program, claimed
+
+
+@gin.configurable
+def join_path(root: str | Path = gin.REQUIRED, parts: Sequence[str] = ()) -> str:
+    """`root/part/...`; use it scoped, e.g. `store/join_path.parts = ['stores', 'video-16k']`
+    with `Stage.output_dir = @store/join_path()`."""
+    if isinstance(parts, str):
+        parts = [parts]
+    return str(Path(root).joinpath(*parts))
 
 
 @gin.configurable
@@ -37,19 +47,17 @@ class Pipeline(Program):
 
     def run(self) -> None:
         with preemption.sigterm_stops(preemption.DEFAULT_GRACE_SECONDS) as stop:  # the stages share it
-            self._run_stages(stop)
-
-    def _run_stages(self, stop: preemption.StopRequest) -> None:
-        for index, make_stage in enumerate(self.stages, start=1):
-            name = getattr(make_stage, "__name__", repr(make_stage))
-            if stop.requested:  # the previous stage stopped early: the next would read unfinished outputs
-                dist.warn_main("pipeline stopped by SIGTERM before stage %d/%d (%s); %s", index,
-                               len(self.stages), name, preemption.RESUME)
-                return
-            dist.log_main("pipeline stage %d/%d: %s", index, len(self.stages), name)
-            start = time.perf_counter()
-            stage = make_stage()
-            with claimed(stage):  # its own lock and config record
-                stage.run()
-            self.record_config()  # the pipeline's record holds the stage's configurables too
-            dist.log_main("pipeline stage %s done in %.1f s", name, time.perf_counter() - start)
+            for index, make_stage in enumerate(self.stages, start=1):
+                name = getattr(make_stage, "__name__", repr(make_stage))
+                if stop.requested:  # the previous stage stopped early: the next would read unfinished outputs
+                    dist.warn_main("pipeline stopped by SIGTERM before stage %d/%d (%s); %s", index,
+                                   len(self.stages), name, preemption.RESUME)
+                    return
+                dist.log_main("pipeline stage %d/%d: %s", index, len(self.stages), name)
+                start = time.perf_counter()
+                stage = make_stage()
+                if isinstance(stage, Program):
+                    stage.build()
+                with claimed(stage, within=self):  # its own lock and record; the pipeline's record holds it too
+                    stage.run()
+                dist.log_main("pipeline stage %s done in %.1f s", name, time.perf_counter() - start)

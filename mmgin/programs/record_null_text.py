@@ -19,8 +19,9 @@ import torch
 from absl import logging
 
 from mmgin import dist
+from mmgin import precision as numerics
 from mmgin.data import null_text
-from mmgin.data.extraction import cuda_tf32, encode_null_text
+from mmgin.data.extraction import ENCODER_PRECISIONS
 from mmgin.data.store import FeatureStore, StoreError
 
 
@@ -29,15 +30,15 @@ class RecordNullText:
     """Writes ``clip``'s encoding of '' into every store of ``stores`` (rank 0 only).
 
     A store that already records a different feature is refused unless ``overwrite``: its text
-    features may come from another encoder, which a new record would hide, not fix. ``bf16`` and
-    ``tf32`` should be the extraction's.
+    features may come from another encoder, which a new record would hide, not fix. ``precision``
+    ('fp32' or 'bf16') and ``tf32`` should be the extraction's.
     """
 
     def __init__(
         self,
         stores: Sequence[str | Path] = gin.REQUIRED,
         clip=gin.REQUIRED,
-        bf16: bool = False,
+        precision: str = "fp32",
         tf32: bool = True,
         overwrite: bool = False,
     ):
@@ -47,7 +48,7 @@ class RecordNullText:
         for store in self.stores:
             FeatureStore.open(store)  # a missing or broken store stops here, before any encoding
         self.clip = clip
-        self.bf16 = bf16
+        self.precision = numerics.check("RecordNullText.precision", precision, ENCODER_PRECISIONS)
         self.tf32 = tf32
         self.overwrite = overwrite
 
@@ -55,8 +56,8 @@ class RecordNullText:
         if not dist.is_main():
             return
         self.clip.to(dist.info().device)
-        with cuda_tf32(self.tf32):  # as the extraction encoded the captions
-            feature = encode_null_text(self.clip, self.bf16)
+        with numerics.matmul_tf32(self.tf32):  # as the extraction encoded the captions
+            feature = null_text.encode(self.clip, self.precision)
         for store in self.stores:
             self._record(store, feature)
 

@@ -63,8 +63,7 @@ class SynthesizeEMA(Program):
             network = self.network()
             network.load_weights(weights)
             weights = network.released_state_dict(weights)
-        name = self.output_name or f"ema_sigma{self.sigma_rel:g}_step{step}.pth"
-        path = self.output_dir / name
+        path = self.output_dir / (self.output_name or f"ema_sigma{self.sigma_rel:g}_step{step}.pth")
         io.save_torch(weights, path)
         used = sum(s.step <= step for s in snapshots)
         logging.info("wrote %s: EMA sigma_rel %g at step %d from %d snapshots in %s",

@@ -31,6 +31,7 @@ import torch
 from mmgin.data import null_text
 from mmgin.data.store import StoreFormat
 from mmgin.data.store_writer import Plan, PlannedRow, StoreWriter
+from mmgin.model.sequence import CLIP_DIM, SYNC_DIM, TEXT_SHAPE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_ENCODERS = "gin/test/tiny_encoders.gin"
@@ -76,7 +77,7 @@ def train_params(workspace: str | Path, out: str | Path, **overrides: object) ->
         "VAL_STORE": str(stores / "video-16k"),
         "OUTPUT_DIR": str(out),
         "training_mixture.video_oversample": 1,
-        "Train.num_threads": 1,
+        "StepConfig.num_threads": 1,
     }
     params.update(overrides)
     return [f"{k} = {v!r}" for k, v in params.items()]
@@ -107,11 +108,11 @@ def write_synthetic_store(
             for i in range(num_rows)]
     shapes = {"mean": latent_shape, "std": latent_shape}
     if kind == "video":
-        shapes.update(clip_features=(64, 1024), sync_features=(192, 768))
-    plan = Plan(("id", column), rows, shapes, (77, 1024), store_format or StoreFormat())
+        shapes.update(clip_features=(64, CLIP_DIM), sync_features=(192, SYNC_DIM))
+    plan = Plan(("id", column), rows, shapes, TEXT_SHAPE, store_format or StoreFormat())
     features = {k: torch.randn((num_rows,) + s, generator=generator) for k, s in shapes.items()}
     distinct = plan.captions
-    table = torch.randn((len(distinct), 77, 1024), generator=generator)
+    table = torch.randn((len(distinct), *TEXT_SHAPE), generator=generator)
     features["text_features"] = table[[distinct.index(c) for c in captions]]
     writer = StoreWriter(path, plan)
     writer.prepare()
@@ -121,6 +122,6 @@ def write_synthetic_store(
     writer.close()
     if null_text_seed is not None:
         null_generator = torch.Generator().manual_seed(null_text_seed)
-        null_text.write(writer.work, torch.randn((1, 77, 1024), generator=null_generator))
+        null_text.write(writer.work, torch.randn((1, *TEXT_SHAPE), generator=null_generator))
     writer.finalize(overwrite)
     return features

@@ -16,7 +16,8 @@ from typing import Mapping
 
 import torch
 
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "manifests"
+# Shipped as package data (pyproject.toml), so a wheel install has them too.
+MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
 
 
 @dataclass(frozen=True)

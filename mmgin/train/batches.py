@@ -10,7 +10,7 @@ processes with A = 1 compute, and the weights agree up to float summation order.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -40,30 +40,16 @@ def accumulation_steps(batch_size: int, micro_batch_size: int | None, world_size
 class MicroBatchSource:
     """Yields, per optimizer step, this rank's list of A micro-batches (CPU, collated)."""
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        micro_batch_size: int,
-        accumulation: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        num_workers: int,
-        make_loader: Callable[..., DistributedBatchLoader] = DistributedBatchLoader,
-    ):
+    def __init__(self, dataset: Dataset, micro_batch_size: int, accumulation: int, rank: int, world_size: int,
+                 seed: int, num_workers: int):
         workers = 0 if num_workers == 0 else max(1, num_workers // accumulation)
-        self.virtual_ranks = [rank * accumulation + j for j in range(accumulation)]
         self.loaders = [
-            make_loader(dataset, batch_size=micro_batch_size, seed=seed, rank=v,
-                        world_size=world_size * accumulation, num_workers=workers, drop_last=True)
-            for v in self.virtual_ranks
+            DistributedBatchLoader(dataset, batch_size=micro_batch_size, seed=seed, rank=rank * accumulation + j,
+                                   world_size=world_size * accumulation, num_workers=workers, drop_last=True)
+            for j in range(accumulation)
         ]
         self._iterators: list[Iterator[Batch] | None] = [None] * accumulation
         self.wait_seconds = 0.0
-
-    @property
-    def epoch(self) -> int:
-        return self.loaders[0].epoch
 
     def steps_per_epoch(self) -> int:
         return len(self.loaders[0])

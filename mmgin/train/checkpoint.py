@@ -10,22 +10,20 @@ entries. Nothing here deletes a file that is not a usable checkpoint older than 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 from absl import logging
 
 from mmgin import dist, io
-from mmgin import weights as weight_files
+from mmgin.model.loading import non_finite
 
 CHECKPOINT_DIR = "checkpoints"
 UNUSABLE_DIR = "unusable"
 _NAME = re.compile(r"^ckpt_(\d{9})\.pth$")
 
-# Why a checkpoint cannot continue this run (None: it can); Train supplies the run's checks.
+# Why a checkpoint cannot continue this run (None: it can); Checkpointing supplies the run's checks.
 UsabilityCheck = Callable[[Mapping[str, Any]], "str | None"]
 
 
@@ -59,19 +57,6 @@ def move_aside(path: Path, folder: Path) -> Path:
     return target
 
 
-def unreadable_reason(error: Exception) -> str:
-    """Why torch could not read a file, without torch's advice to load it unsafely."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
-        return "not a file of tensors that loads safely (weights-only)"
-    return f"{type(error).__name__}: {text[:200]}"
-
-
-def all_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of floating tensors holding NaN or inf (empty when all are finite)."""
-    return [k for k, v in tensors.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
-
-
 def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep: int = 2) -> Path:
     """Writes `state` as the checkpoint of `iteration` (rank 0 only) and prunes older ones.
 
@@ -80,7 +65,7 @@ def save(output_dir: str | Path, iteration: int, state: Mapping[str, Any], keep:
     (`load_latest` moves the others aside) or wrote itself. Refuses (CheckpointError) to save
     non-finite network weights: a checkpoint must always be a state the run can continue from.
     """
-    bad = all_finite(state["network"])
+    bad = non_finite(state["network"])
     if bad:
         raise CheckpointError(
             f"not saving the checkpoint of iteration {iteration}: non-finite values in "
@@ -103,7 +88,7 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         state = io.load_torch(path, mmap=True)  # mmgin wrote it: zip format, safe to map
     except Exception as e:  # a truncated zip, a bad pickle, a foreign file
-        raise CheckpointError(f"unreadable ({unreadable_reason(e)})") from None
+        raise CheckpointError(f"unreadable ({io.unreadable_reason(e)})") from None
     if not isinstance(state, dict) or "iteration" not in state or "network" not in state:
         raise CheckpointError("not an mmgin training checkpoint (no 'iteration'/'network')")
     return state
@@ -167,52 +152,12 @@ def load_latest(output_dir: str | Path, unusable: UsabilityCheck = lambda state:
 
 
 def load_file(path: str | Path, unusable: UsabilityCheck = lambda state: None) -> dict[str, Any]:
-    """An explicitly named checkpoint (`Train.checkpoint=`); unreadable or unusable is an error."""
+    """An explicitly named checkpoint (`CheckpointConfig.resume_from=`); unreadable or unusable
+    is an error."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Train.checkpoint={path} does not exist")
+        raise CheckpointError(f"CheckpointConfig.resume_from={path} does not exist")
     state, reason = _examine(path, unusable)
     if reason is not None:
-        raise CheckpointError(f"Train.checkpoint={path}: {reason}")
+        raise CheckpointError(f"CheckpointConfig.resume_from={path}: {reason}")
     return state
-
-
-def weights_in(state: Any) -> tuple[dict[str, torch.Tensor], int | None] | None:
-    """The network tensors a loaded file holds and the iteration it records (None if none), or
-    None when it holds none: an mmgin training checkpoint ('network', 'iteration'), a reference
-    one (<exp>_ckpt_last.pth: 'weights', 'it') or a bare state dict of tensors."""
-    if not isinstance(state, dict) or not state:
-        return None
-    if "network" in state and "iteration" in state:
-        return state["network"], int(state["iteration"])
-    if "weights" in state and "it" in state:
-        return state["weights"], int(state["it"])
-    if all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state, None
-    return None
-
-
-def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Network weights from any file that holds them.
-
-    A bare state dict (released mmaudio_*.pth, the reference's <exp>_last.pth and
-    <exp>_ema_final.pth, mmgin's ema_final.pth and exports), an mmgin training checkpoint
-    ('network') or a reference training checkpoint (<exp>_ckpt_last.pth: 'weights').
-    """
-    try:
-        path = weight_files.resolve(path)
-    except weight_files.MissingWeightsError as missing:
-        raise CheckpointError(f"Train.weights={path} does not exist.\n{missing}") from None
-    try:
-        state = io.load_torch(path)
-    except Exception as e:  # torch's own text may advise unsafe loading: never shown
-        raise CheckpointError(f"Train.weights={path} is unreadable ({unreadable_reason(e)}); "
-                              "point it at a weights file or a training checkpoint") from None
-    found = weights_in(state)
-    if found is not None:
-        return found[0]
-    raise CheckpointError(
-        f"Train.weights={path} is neither a network file (a bare state dict: released "
-        "mmaudio_*.pth, <exp>_last.pth, ema_final.pth) nor a training checkpoint (mmgin's, or the "
-        "reference's <exp>_ckpt_last.pth)"
-    )

@@ -26,7 +26,7 @@ import torch
 from absl import logging
 
 from mmgin import io
-from mmgin.train.checkpoint import move_aside, unreadable_reason
+from mmgin.train.checkpoint import move_aside
 
 PREFIX = "ema_model."
 EXTRA_STATE = "_extra_state"
@@ -48,14 +48,10 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     return gamma
 
 
-def ema_beta(step: int, gamma: float, update_every: int = 1, step_size_correction: bool = True) -> float:
-    """The decay applied at counter value `step` (counted after the increment, from 1).
-
-    Without correction beta = (1 - 1/(s+1))^(1+gamma); with it, the geometric mean over the
-    `update_every` steps an update stands for, raised to update_every (nitrous-ema).
-    """
-    if not step_size_correction:
-        return (1 - 1 / (step + 1)) ** (1 + gamma)
+def ema_beta(step: int, gamma: float, update_every: int = 1) -> float:
+    """The decay applied at counter value `step` (counted after the increment, from 1): with
+    nitrous-ema's step-size correction, the geometric mean of (1 - 1/(s+1))^(1+gamma) over the
+    `update_every` steps an update stands for, raised to update_every."""
     k = update_every
     return ((1 - 1 / (step + 1)) ** (1 + gamma) * (1 - 1 / (step + 1 + k)) ** (1 + gamma)) ** (k / 2)
 
@@ -70,23 +66,11 @@ class PostHocEMA:
     """The EMA profiles of one network, updated after every optimizer step.
 
     Keep one instance on the rank that writes snapshots (rank 0); the profiles are float32 copies
-    on the network's device. `update()` never syncs with the host.
+    on the network's device. `update()` never syncs with the host. EMAConfig checks the settings.
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        snapshot_dir: str | Path,
-        sigma_rels: Sequence[float] = (0.05, 0.1),
-        snapshot_every: int = 5000,
-        update_every: int = 1,
-        step_size_correction: bool = True,
-        run_id: str | None = None,
-    ):
-        if len(sigma_rels) < 2 or len(set(sigma_rels)) != len(sigma_rels):
-            raise ValueError(f"need at least two distinct sigma_rels to synthesize, got {sigma_rels}")
-        if snapshot_every < 1 or update_every < 1:
-            raise ValueError("snapshot_every and update_every must be >= 1")
+    def __init__(self, network: torch.nn.Module, snapshot_dir: str | Path, sigma_rels: Sequence[float] = (0.05, 0.1),
+                 snapshot_every: int = 5000, update_every: int = 1, run_id: str | None = None):
         self.network = network
         self.snapshot_dir = Path(snapshot_dir)
         # Temp files of a snapshot write killed half-way (the next write would not replace them).
@@ -95,7 +79,6 @@ class PostHocEMA:
         self.gammas = [sigma_rel_to_gamma(s) for s in self.sigma_rels]
         self.snapshot_every = int(snapshot_every)
         self.update_every = int(update_every)
-        self.step_size_correction = bool(step_size_correction)
         self.run_id = run_id
         self.step = 0
         self.initted = False
@@ -105,22 +88,19 @@ class PostHocEMA:
             [online[k].detach().to(torch.float32, copy=True) for k in self.keys] for _ in self.gammas
         ]
 
-    def _online(self) -> list[torch.Tensor]:
-        state = self.network.state_dict()
-        return [state[k].detach() for k in self.keys]
-
     @torch.no_grad()
     def update(self) -> None:
         step_before = self.step
         self.step += 1
         if step_before % self.update_every == 0:
-            online = [t.float() for t in self._online()]
+            state = self.network.state_dict()
+            online = [state[k].detach().float() for k in self.keys]
             if not self.initted:
                 for profile in self.profiles:
                     torch._foreach_copy_(profile, online)
                 self.initted = True
             for gamma, profile in zip(self.gammas, self.profiles):
-                beta = ema_beta(self.step, gamma, self.update_every, self.step_size_correction)
+                beta = ema_beta(self.step, gamma, self.update_every)
                 torch._foreach_lerp_(profile, online, 1.0 - beta)
 
     def snapshot_due(self) -> bool:
@@ -216,7 +196,7 @@ def set_aside(folder: str | Path, run_id: str | None) -> None:
         except Exception as e:  # a truncated copy, a foreign file
             moved = move_aside(path, folder / UNUSABLE_DIR)
             logging.warning("EMA snapshot %s is unreadable (%s): moved to %s; synthesis uses the others",
-                            path, unreadable_reason(e), moved)
+                            path, io.unreadable_reason(e), moved)
             continue
         if owner == run_id:
             continue
@@ -250,7 +230,7 @@ def find_snapshots(folder: str | Path, sigma_rels: Sequence[float] | None = None
         try:
             run_id = _run_id(path)
         except Exception as e:
-            raise SnapshotError(f"EMA snapshot {path} is unreadable ({unreadable_reason(e)}); move it "
+            raise SnapshotError(f"EMA snapshot {path} is unreadable ({io.unreadable_reason(e)}); move it "
                                 f"out of {folder} and synthesis uses the others") from None
         snapshots.append(Snapshot(path, step, sigma_rel_to_gamma(sigma_rels[profile]), run_id))
     if not snapshots:
@@ -276,9 +256,7 @@ def solve_weights(t_i: Sequence[float], gamma_i: Sequence[float], t_r: float, ga
     return weights
 
 
-def synthesize(
-    snapshots: Sequence[Snapshot], sigma_rel: float, step: int | None = None
-) -> dict[str, torch.Tensor]:
+def synthesize(snapshots: Sequence[Snapshot], sigma_rel: float, step: int | None = None) -> dict[str, torch.Tensor]:
     """The EMA with `sigma_rel` at `step` (default: the latest snapshot), as a plain state dict.
 
     Only snapshots taken at or before `step` take part, all of one run (SnapshotError naming

@@ -65,50 +65,41 @@ class Writer:
     """A SummaryWriter on rank 0; on other ranks every call does nothing."""
 
     def __init__(self, log_dir: str | Path):
-        self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(str(log_dir)) if dist.is_main() else None
-
-    @property
-    def summary_writer(self) -> SummaryWriter | None:
-        return self._writer
+        self.summary_writer = SummaryWriter(str(log_dir)) if dist.is_main() else None
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        if self._writer is not None:
+        if self.summary_writer is not None:
             for tag, value in values.items():
-                self._writer.add_scalar(tag, value, step)
+                self.summary_writer.add_scalar(tag, value, step)
 
     def loss_by_t(self, tag: str, sums: np.ndarray, counts: np.ndarray, step: int) -> None:
         """The mean loss per t bin, drawn as a histogram over t in [0, 1] (empty bins are 0)."""
-        if self._writer is None or counts.sum() == 0:
+        if self.summary_writer is None or counts.sum() == 0:
             return
         means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         edges = np.linspace(0, 1, NUM_T_BINS + 1)
-        self._writer.add_histogram_raw(
+        self.summary_writer.add_histogram_raw(
             tag, min=0.0, max=1.0, num=float(counts.sum()), sum=float((means * counts).sum()),
             sum_squares=float((means ** 2 * counts).sum()), bucket_limits=edges[1:].tolist(),
             bucket_counts=means.tolist(), global_step=step,
         )
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self._writer is not None:
-            self._writer.add_text(tag, text, step)
+        if self.summary_writer is not None:
+            self.summary_writer.add_text(tag, text, step)
 
     def audio(self, tag: str, waveform: torch.Tensor, sample_rate: int, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_audio(tag, waveform.detach().float().cpu().clamp(-1, 1), step,
+        if self.summary_writer is not None:
+            self.summary_writer.add_audio(tag, waveform.detach().float().cpu().clamp(-1, 1), step,
                                    sample_rate=sample_rate)
 
     def image(self, tag: str, image_hwc: np.ndarray, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_image(tag, image_hwc, step, dataformats="HWC")
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        if self.summary_writer is not None:
+            self.summary_writer.add_image(tag, image_hwc, step, dataformats="HWC")
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self.summary_writer is not None:
+            self.summary_writer.close()
 
 
 class Throughput:

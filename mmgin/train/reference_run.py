@@ -21,15 +21,10 @@ import torch
 from absl import logging
 
 from mmgin import io
-from mmgin.train.checkpoint import CheckpointError, unreadable_reason
+from mmgin.model.loading import REFERENCE_CHECKPOINT_KEYS, is_reference_checkpoint
+from mmgin.train.checkpoint import CheckpointError
 from mmgin.train.ema import PostHocEMA
 from mmgin.train.trainer import OPTIMIZER_SETTINGS, Trainer
-
-KEYS = ("it", "weights", "optimizer", "scheduler")
-
-
-def is_reference_checkpoint(state: Any) -> bool:
-    return isinstance(state, Mapping) and all(k in state for k in KEYS)
 
 
 def load_weights(network: torch.nn.Module, state: Mapping[str, Any], path: Path) -> None:
@@ -118,7 +113,7 @@ def _load_ema(ema: PostHocEMA, saved: Mapping[str, Any] | None, path: Path, iter
         if missing:
             raise CheckpointError(
                 f"{path}: its EMA has no profile {index} entries like {prefix}{missing[0]}; this run keeps "
-                f"{len(ema.sigma_rels)} profiles (Train.ema_sigma_rels = {ema.sigma_rels})"
+                f"{len(ema.sigma_rels)} profiles (EMAConfig.sigma_rels = {ema.sigma_rels})"
             )
         profiles.append([saved[prefix + k] for k in ema.keys])
     step, initted = _ema_progress(saved, path, iteration)
@@ -144,14 +139,14 @@ def load(path: str | Path) -> dict[str, Any]:
     """A reference training checkpoint; anything else is a CheckpointError saying what it is."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Train.continue_reference_run={path} does not exist")
+        raise CheckpointError(f"CheckpointConfig.continue_reference_run={path} does not exist")
     try:
         state = io.load_torch(path, mmap=True)
     except Exception as e:  # torch's own text may advise unsafe loading: never shown
-        raise CheckpointError(f"{path} is unreadable ({unreadable_reason(e)})") from None
+        raise CheckpointError(f"{path} is unreadable ({io.unreadable_reason(e)})") from None
     if not is_reference_checkpoint(state):
         raise CheckpointError(
             f"{path} is not a reference training checkpoint (<exp>_ckpt_last.pth with "
-            f"{', '.join(KEYS)}); for network weights alone use Train.weights"
+            f"{', '.join(REFERENCE_CHECKPOINT_KEYS)}); for network weights alone use CheckpointConfig.weights"
         )
     return state

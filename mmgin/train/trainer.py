@@ -10,24 +10,24 @@ waiting for the device: the flag goes to the optimizer as `found_inf`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Sequence
+import dataclasses
+import os
+from typing import Any, Callable, Iterator, Sequence
 
 import gin
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mmgin import dist
+from mmgin import dist, precision
 from mmgin.model import FlowMatching, MMAudio
-from mmgin.train import rng
 from mmgin.train.batches import Batch, to_device
 from mmgin.train.ddp_compile import keep_checkpoint_policies_in_ddp_splits
 from mmgin.train.ema import PostHocEMA
 from mmgin.train.metrics import NUM_T_BINS, LossByT
-from mmgin.train.optim import lr_scheduler
-from mmgin.train.step import FlowLoss, draw_noise, loss_inputs
+from mmgin.train.loss import FlowLoss, draw_noise, loss_inputs
+from mmgin.train.optim import WarmupStepSchedule, adamw, lr_scheduler
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 # The optimizer's settings by the gin binding that sets them ('initial_lr' is the schedule's
 # base learning rate).
 OPTIMIZER_SETTINGS = {"initial_lr": "adamw.learning_rate", "betas": "adamw.betas",
@@ -38,10 +38,81 @@ class NonFiniteError(RuntimeError):
     """Too many updates in a row were skipped for non-finite loss or gradients."""
 
 
+def require_positive(config: Any, *names: str) -> None:
+    """Each of a config's `names` (None: unset) is >= 1; the error names the gin setting."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be >= 1, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When a component runs between steps: every `every` iterations and after the last one."""
+
+    every: int
+    last: int
+
+    def __call__(self, iteration: int) -> bool:
+        return iteration % self.every == 0 or iteration == self.last
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """How one optimizer step runs (`Train.step = @StepConfig()`): precision, compile, torch
+    settings, optimizer and schedule, clipping, CFG dropout and the non-finite skip limit.
+
+    `lr_schedule` None is `WarmupStepSchedule()` (the paper's); `num_threads` None keeps torch's.
+    """
+
+    precision: str = "bf16"
+    compile: bool = True
+    tf32: bool = True
+    deterministic: bool = False
+    num_threads: int | None = None
+    optimizer: Callable[..., torch.optim.Optimizer] = adamw
+    lr_schedule: Callable[[int], float] | None = None
+    clip_grad_norm: float | None = 1.0
+    grad_scaler: bool = False
+    null_condition_probability: float = 0.1
+    independent_video_dropout: bool = False
+    max_consecutive_skips: int = 10
+
+    def __post_init__(self) -> None:
+        precision.check("StepConfig.precision", self.precision)
+        if self.lr_schedule is None:
+            object.__setattr__(self, "lr_schedule", WarmupStepSchedule())
+        require_positive(self, "num_threads", "max_consecutive_skips")
+        if not 0 <= self.null_condition_probability <= 1:
+            raise ValueError("StepConfig.null_condition_probability must be in [0, 1], "
+                             f"got {self.null_condition_probability}")
+
+
+@contextlib.contextmanager
+def torch_settings(config: StepConfig, device: torch.device) -> Iterator[None]:
+    """The step's torch settings (threads, deterministic algorithms, TF32, cuDNN autotuning)
+    while the block runs, then the previous ones: a pipeline stage after Train keeps its own."""
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                torch.backends.cudnn.benchmark)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.deterministic
+    try:
+        with precision.matmul_tf32(config.tf32):
+            yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+        torch.backends.cudnn.benchmark = previous[2]
+
+
 @gin.configurable(denylist=["loss_fn", "device"])
-def wrap_ddp(
-    loss_fn: nn.Module, device: torch.device, bucket_cap_mb: float | None = None
-) -> DistributedDataParallel:
+def wrap_ddp(loss_fn: nn.Module, device: torch.device, bucket_cap_mb: float | None = None) -> DistributedDataParallel:
     """DDP around the (compiled) loss. Gradients are views into the all-reduce buckets: no
     second fp32 gradient copy and no bucket-to-grad copies after each all-reduce (the peak
     memory, set by activations early in the backward, does not move; bench/NOTES.md).
@@ -58,68 +129,48 @@ def wrap_ddp(
 
 
 class Trainer:
-    """The model, optimizer, schedule, EMA and generators of one rank, and the step."""
+    """The model, optimizer, schedule, EMA and generators of one rank, and the step.
 
-    def __init__(
-        self,
-        network: MMAudio,
-        flow: FlowMatching,
-        device: torch.device,
-        *,
-        virtual_ranks: Sequence[int],
-        seed: int,
-        precision: str,
-        compile: bool,
-        make_optimizer: Callable[..., torch.optim.Optimizer],
-        lr_schedule: Callable[[int], float],
-        clip_grad_norm: float | None,
-        grad_scaler: bool,
-        null_condition_probability: float,
-        independent_video_dropout: bool,
-        ema: PostHocEMA | None,
-    ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"Train.precision={precision!r}; use one of {sorted(PRECISIONS)}")
+    The EMA is attached once the network holds its starting weights (`Train.run`): its
+    profiles start as copies of them.
+    """
+
+    def __init__(self, network: MMAudio, flow: FlowMatching, device: torch.device, config: StepConfig, *,
+                 virtual_ranks: Sequence[int], seed: int):
         self.network = network
         self.flow = flow
         self.device = device
-        self.precision = precision
+        self.config = config
         self.accumulation = len(virtual_ranks)
-        self.clip_grad_norm = clip_grad_norm
-        self.null_condition_probability = null_condition_probability
-        self.independent_video_dropout = independent_video_dropout
-        self.ema = ema
+        self.ema: PostHocEMA | None = None
         self.loss_fn: nn.Module = FlowLoss(network, flow)
-        if compile:
+        if config.compile:
             self.loss_fn = torch.compile(self.loss_fn, fullgraph=True)
         self.distributed = dist.world_size() > 1
         self.model: nn.Module = self.loss_fn
         if self.distributed:
             self.model = wrap_ddp(self.loss_fn, device)
         self.params = [p for p in network.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.params, precision=precision)
-        self.scheduler = lr_scheduler(self.optimizer, lr_schedule)
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=2048) if grad_scaler else None
+        self.optimizer = config.optimizer(self.params, precision=config.precision)
+        self.scheduler = lr_scheduler(self.optimizer, config.lr_schedule)
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2048) if config.grad_scaler else None
         self.generators = [torch.Generator(device).manual_seed(seed + v) for v in virtual_ranks]
         # Validation and sampling draw from clones of the initial state: same noise every pass.
         self.initial_generator_states = [g.get_state() for g in self.generators]
         self.iteration = 0
         self.loss_by_t = LossByT(device)
         zeros = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
-        self.window = {k: zeros() for k in ("loss_sum", "loss_count", "norm_sum", "norm_count", "skipped")}
+        self.window = {k: zeros() for k in ("loss_sum", "loss_count", "norm_sum", "norm_count")}
         self.skipped_total = zeros()
         self.consecutive_skips = zeros()
         self.max_consecutive_skips = zeros()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return precision.autocast(self.config.precision, self.device)
 
     def _grad_norm(self) -> torch.Tensor:
-        if self.clip_grad_norm:
-            return torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
+        if self.config.clip_grad_norm:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm, foreach=True)
         grads = [p.grad for p in self.params if p.grad is not None]
         return torch.nn.utils.get_total_norm(grads, foreach=True)
 
@@ -141,7 +192,7 @@ class Trainer:
         for j, cpu_batch in enumerate(micro_batches):
             batch = to_device(cpu_batch, self.device)
             noise = draw_noise(batch["a_mean"], self.flow, self.generators[j],
-                               self.null_condition_probability, self.independent_video_dropout)
+                               self.config.null_condition_probability, self.config.independent_video_dropout)
             last = j == self.accumulation - 1
             sync = contextlib.nullcontext() if (last or not self.distributed) else self.model.no_sync()
             with sync:
@@ -174,7 +225,6 @@ class Trainer:
         skipped = found_inf.double()
         self.window["norm_sum"] += torch.where(found_inf, torch.zeros_like(norm), norm).double()
         self.window["norm_count"] += 1 - skipped
-        self.window["skipped"] += skipped
         self.skipped_total += skipped
         self.consecutive_skips.mul_(skipped).add_(skipped)
         torch.maximum(self.max_consecutive_skips, self.consecutive_skips, out=self.max_consecutive_skips)
@@ -189,12 +239,12 @@ class Trainer:
         reduced = torch.cat([torch.stack([window["loss_sum"], window["loss_count"]]),
                              self.loss_by_t.sums, self.loss_by_t.counts])
         dist.all_reduce_sum(reduced)
-        local = torch.stack([window["norm_sum"], window["norm_count"], window["skipped"],
-                             self.skipped_total, self.max_consecutive_skips])
+        local = torch.stack([window["norm_sum"], window["norm_count"], self.skipped_total,
+                             self.max_consecutive_skips])
         host = torch.cat([reduced, local]).cpu().numpy()
         loss_sum, loss_count = host[0], host[1]
         bins = host[2:2 + 2 * NUM_T_BINS]
-        norm_sum, norm_count, skipped, skipped_total, max_consecutive = host[2 + 2 * NUM_T_BINS:]
+        norm_sum, norm_count, skipped_total, max_consecutive = host[2 + 2 * NUM_T_BINS:]
         for value in window.values():
             value.zero_()
         self.loss_by_t.reset()
@@ -203,7 +253,6 @@ class Trainer:
             "loss": loss_sum / loss_count if loss_count > 0 else float("nan"),
             "grad_norm": norm_sum / norm_count if norm_count > 0 else float("nan"),
             "skipped_updates": float(skipped_total),
-            "window_skipped": float(skipped),
             "max_consecutive_skips": float(max_consecutive),
             "loss_by_t_sums": bins[:NUM_T_BINS],
             "loss_by_t_counts": bins[NUM_T_BINS:],
@@ -267,17 +316,6 @@ class Trainer:
         scheduler._last_lr = rates  # pylint: disable=protected-access  (what get_last_lr returns)
         self.iteration = iteration
 
-    def rng_state(self) -> dict[str, Any]:
-        return rng.capture(self.generators)
-
-    def load_rng_state(self, state: dict[str, Any]) -> None:
-        rng.restore(state, self.generators)
-
     def eval_generators(self) -> list[torch.Generator]:
         """Fresh generators in the initial state of this rank's step generators."""
-        fresh = []
-        for state in self.initial_generator_states:
-            generator = torch.Generator(self.device)
-            generator.set_state(state)
-            fresh.append(generator)
-        return fresh
+        return [torch.Generator(self.device).set_state(state) for state in self.initial_generator_states]

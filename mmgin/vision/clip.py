@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgin import weights
-from mmgin.vision.loading import freeze, load_strict, seeded_init
+from mmgin.modules import freeze, load_strict, seeded_init
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -100,10 +100,6 @@ def load_open_clip_state_dict(path: str | os.PathLike) -> dict:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
-
-
-def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
-    return torch.full((length, length), float("-inf"), device=device).triu_(1)
 
 
 class ClipEncoder(nn.Module):
@@ -203,7 +199,7 @@ def build_clip(
         model.to_empty(device="cpu")
         seeded_init(model, seed=CLIP_TINY_SEED)
     # attn_mask is a non-persistent buffer, still on the meta device.
-    model.attn_mask = _causal_mask(model.context_length, torch.device("cpu"))
+    model.attn_mask = torch.full((model.context_length,) * 2, float("-inf"), device="cpu").triu_(1)
     encoder = ClipEncoder(model.float(), empty_string, frame_batch=frame_batch)
     return freeze(encoder.to(device))
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgin import weights
-from mmgin.vision.loading import freeze, load_strict, seeded_init
+from mmgin.modules import freeze, load_strict, seeded_init
 
 SEGMENT_FRAMES = 16
 SEGMENT_STEP = 8
@@ -250,10 +250,6 @@ class Synchformer(nn.Module):
         super().__init__()
         self.vfeat_extractor = MotionFormer(cfg)
         self.segment_batch = segment_batch
-
-    @property
-    def feature_dim(self) -> int:
-        return self.vfeat_extractor.cfg.embed_dim
 
     def compile_for_inference(self, backend: str = "inductor") -> None:
         """Compiles the per-chunk network in place (state-dict keys unchanged). Chunks are

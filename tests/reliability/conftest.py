@@ -23,6 +23,7 @@ from .harness import (
     EXTRACTION_FILES,
     STEPS,
     TRAIN_FILES,
+    ExtractionInputs,
     extraction_params,
     run_forked,
     run_in_process,
@@ -46,7 +47,7 @@ def uninterrupted(example_workspace, tmp_path_factory) -> tuple[dict, float]:
 
 
 @pytest.fixture(scope="session")
-def extraction_inputs(example_workspace, tmp_path_factory) -> tuple[Path, Path, dict[str, bytes], float]:
+def extraction_inputs(example_workspace, tmp_path_factory) -> ExtractionInputs:
     """10 clips (one of a silent file, so the failure report is part of the store) with 3
     captions; the files of the store an uninterrupted run writes, and its wall time."""
     root = tmp_path_factory.mktemp("extraction_inputs")
@@ -63,7 +64,7 @@ def extraction_inputs(example_workspace, tmp_path_factory) -> tuple[Path, Path, 
     tsv_io.write_table(root / "captions.tsv", ["id", "caption"], captions)
     store = root / "stores" / "clean"
     seconds = run_forked(functools.partial(run_in_process, EXTRACTION_FILES, extraction_params(root, audios, store)))
-    return root, audios, store_files(store), seconds
+    return ExtractionInputs(root, audios, store_files(store), seconds)
 
 
 class Tally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import gc
 import multiprocessing
 import os
@@ -17,7 +18,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -38,8 +39,8 @@ def train_params(workspace: Path, out: Path, **overrides: object) -> list[str]:
     every 3, EMA snapshots every 2, deterministic on one thread (so runs compare bit for bit)."""
     return example.train_params(workspace, out, **{
         "Train.codec": None,  # no generated samples: they cost seconds and are covered elsewhere
-        "Train.num_iterations": STEPS, "Train.checkpoint_every": 1, "Train.log_every": 2,
-        "Train.val_every": 3, "Train.ema_snapshot_every": 2, "Train.deterministic": True, **overrides,
+        "Train.num_iterations": STEPS, "CheckpointConfig.every": 1, "LogConfig.every": 2,
+        "ValidationConfig.every": 3, "EMAConfig.snapshot_every": 2, "StepConfig.deterministic": True, **overrides,
     })
 
 
@@ -49,6 +50,16 @@ def extraction_params(inputs: Path, audios: Path, store: Path) -> list[str]:
             f"CLIPS_TSV = '{inputs / 'clips.tsv'}'", f"OUTPUT_DIR = '{store}'",
             "ExtractAudioFeatures.batch_size = 2", "ExtractAudioFeatures.text_batch_size = 1",
             "ExtractAudioFeatures.num_workers = 0", "launch.device = 'cpu'"]
+
+
+class ExtractionInputs(NamedTuple):
+    """The inputs of the reliability extractions (fixture `extraction_inputs`): the folder with
+    the tables, the audio folder, the files of the store an uninterrupted run writes, its wall time."""
+
+    root: Path
+    audios: Path
+    reference: dict[str, bytes]
+    seconds: float
 
 
 def run_in_process(files: list[str], params: list[str]) -> None:
@@ -137,6 +148,13 @@ def run_forked(target: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+def fork_extraction(inputs: ExtractionInputs, store: Path) -> tuple[list[str], Forked]:
+    """The extraction of ``inputs`` into ``store`` started in a forked process (to be stopped or
+    killed), and its parameters, which run it again here."""
+    params = extraction_params(inputs.root, inputs.audios, store)
+    return params, Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
+
+
 def wait_for(condition: Callable[[], bool], forked: Forked, timeout: float = 60.0) -> bool:
     """Polls until ``condition`` holds (True) or the process ends (False); a process still
     running after ``timeout`` s without getting there has hung: AssertionError with its stacks."""
@@ -176,6 +194,13 @@ def store_files(store: Path) -> dict[str, bytes]:
     for path in (StorePaths(store).tsv, StorePaths(store).failures):
         files[path.name.replace(store.name, "<store>")] = path.read_bytes()
     return files
+
+
+def store_differences(reference: dict[str, bytes], store: Path) -> list[str]:
+    """The files of `store_files` that ``store`` lacks, has in excess or holds otherwise than
+    ``reference``: the data an interruption lost."""
+    got = store_files(store)
+    return sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
 
 
 def differences(a: object, b: object, where: str = "") -> list[str]:

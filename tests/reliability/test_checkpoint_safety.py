@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mmgin import io
+from mmgin.model.loading import NetworkFileError
 from mmgin.programs.synthesize_ema import SynthesizeEMA
 from mmgin.train import checkpoint as ckpt
 from mmgin.train import ema as ema_lib
@@ -158,8 +159,8 @@ def test_a_run_started_over_in_the_same_folder_never_mixes_ema_snapshots(example
 # ------------------------------------------------------------------------------- item 7
 def test_settings_a_checkpoint_holds_apply_on_resume(example_workspace, run, caplog):
     """A new learning rate, eps and warm-up apply from the resumed iteration and the checkpoint
-    records them; a re-run naming an older Train.checkpoint does not rewind the run; an unused
-    Train.weights is logged."""
+    records them; a re-run naming an older CheckpointConfig.resume_from does not rewind the run; an unused
+    CheckpointConfig.weights is logged."""
     changed = {"adamw.learning_rate": 5e-5, "adamw.eps": 1e-7, "WarmupStepSchedule.warmup_steps": 10}
     with caplog.at_level(logging.INFO):
         run_in_process(TRAIN_FILES, train_params(example_workspace, run, **changed))
@@ -175,20 +176,20 @@ def test_settings_a_checkpoint_holds_apply_on_resume(example_workspace, run, cap
     inode = newest.stat().st_ino
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        run_in_process(TRAIN_FILES, train_params(example_workspace, run, **changed, **{"Train.checkpoint": str(older)}))
-        run_in_process(TRAIN_FILES, train_params(example_workspace, run, **changed, **{"Train.weights": str(older)}))
+        run_in_process(TRAIN_FILES, train_params(example_workspace, run, **changed, **{"CheckpointConfig.resume_from": str(older)}))
+        run_in_process(TRAIN_FILES, train_params(example_workspace, run, **changed, **{"CheckpointConfig.weights": str(older)}))
     log = messages(caplog)
-    assert (f"Train.checkpoint={older} (iteration {STEPS - 1}) is not used, the run in {run} "
+    assert (f"CheckpointConfig.resume_from={older} (iteration {STEPS - 1}) is not used, the run in {run} "
             "is at or past it") in log, log
-    assert f"Train.weights={older} is not used: the run continues from its checkpoint" in log, log
+    assert f"CheckpointConfig.weights={older} is not used: the run continues from its checkpoint" in log, log
     assert newest.stat().st_ino == inode, "the re-run rewound the run and wrote its last checkpoint again"
 
 
 # ------------------------------------------------------------------------------ item 12
 def test_bad_files_are_short_errors_naming_them(example_workspace, run, tmp_path, tally):
     """A truncated EMA snapshot (SynthesizeEMA names it; a re-run of the finished run sets it
-    aside and still writes ema_final.pth), Train.weights of another variant (one short line, not
-    torch's 100+), and Train.weights that is no weights file (never torch's advice to load
+    aside and still writes ema_final.pth), CheckpointConfig.weights of another variant (one short line, not
+    torch's 100+), and CheckpointConfig.weights that is no weights file (never torch's advice to load
     unsafely)."""
     snapshot = run / "ema_ckpts" / "1.4.pt"
     truncated = snapshot.read_bytes()[:2000]
@@ -210,11 +211,11 @@ def test_bad_files_are_short_errors_naming_them(example_workspace, run, tmp_path
     torch.save(argparse.Namespace(weights=1), pickled)
     errors = []
     for path, expected in ((variant, "missing keys: 1"), (text, "unreadable"), (pickled, "unreadable")):
-        with pytest.raises(ckpt.CheckpointError) as error:
+        with pytest.raises(NetworkFileError) as error:
             run_in_process(TRAIN_FILES, train_params(example_workspace, tmp_path / path.stem,
-                                                     **{"Train.weights": str(path)}))
+                                                     **{"CheckpointConfig.weights": str(path)}))
         errors.append(str(error.value))
-        assert f"Train.weights={path}" in str(error.value) and expected in str(error.value), str(error.value)
+        assert f"CheckpointConfig.weights={path}" in str(error.value) and expected in str(error.value), str(error.value)
     assert all("weights_only" not in e and len(e.splitlines()) == 1 and len(e) < 600 for e in errors), errors
-    tally.add("a truncated EMA snapshot; Train.weights of another variant or not weights at all", True, 0,
+    tally.add("a truncated EMA snapshot; CheckpointConfig.weights of another variant or not weights at all", True, 0,
               "short error naming the file")

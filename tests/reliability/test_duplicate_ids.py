@@ -27,9 +27,9 @@ def test_training_samples_of_repeated_ids_are_one_file_each(example_workspace, t
     store = write_store_with_ids(tmp_path / "stores" / "repeated", IDS)
     out = tmp_path / "run"
     params = train_params(example_workspace, out, **{
-        "VAL_STORE": str(store), "Train.num_iterations": 1, "Train.sample_every": 1,
-        "Train.num_samples": len(IDS), "Train.sample_batch_size": 4, "Train.val_every": 1000,
-        "Train.ema": False})
+        "VAL_STORE": str(store), "Train.num_iterations": 1, "SamplingConfig.every": 1,
+        "SamplingConfig.num_samples": len(IDS), "SamplingConfig.batch_size": 4, "ValidationConfig.every": 1000,
+        "Train.ema": None})
     params = [p for p in params if not p.startswith("Train.codec")] + ["Train.codec = @train/AudioCodec()"]
     run_in_process(TRAIN_FILES, params)
     written = sorted(p.name for p in (out / "samples" / "000000001").glob("*.flac"))

@@ -10,7 +10,6 @@ reason.
 from __future__ import annotations
 
 import errno
-import functools
 import math
 import os
 import subprocess
@@ -25,17 +24,7 @@ from mmgin.data.store import StorePaths, is_complete
 from mmgin.media.write import write_audio
 from mmgin.train import checkpoint as ckpt
 
-from .harness import (
-    EXTRACTION_FILES,
-    TRAIN_FILES,
-    Forked,
-    differences,
-    extraction_params,
-    run_in_process,
-    run_outputs,
-    store_files,
-    train_params,
-)
+from . import harness
 
 pytestmark = pytest.mark.usefixtures("scenario")
 PAGE = 4096
@@ -164,17 +153,17 @@ def test_training_on_a_full_disk_stops_clearly_and_resumes_exactly(example_works
     reference, _ = uninterrupted
     disk = small_disk(100 * 2**20, hook_ok=True)
     out = disk.path / "run"
-    params = train_params(example_workspace, out)
+    params = harness.train_params(example_workspace, out)
     with pytest.raises(OSError) as info:
-        run_in_process(TRAIN_FILES, params)
+        harness.run_in_process(harness.TRAIN_FILES, params)
     assert_disk_full_error(info.value, "ckpt_000000002.pth")
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["ckpt_000000001.pth"]
     assert not [f for f in disk.files() if f.endswith(".tmp")], disk.files()
     assert io.load_torch(ckpt.checkpoint_path(out, 1))["iteration"] == 1
 
     disk.grow(400 * 2**20)
-    run_in_process(TRAIN_FILES, params)
-    assert differences(reference, run_outputs(out)) == []
+    harness.run_in_process(harness.TRAIN_FILES, params)
+    assert harness.differences(reference, harness.run_outputs(out)) == []
 
 
 def _store_pages(rows: int, captions: int) -> int:
@@ -191,12 +180,10 @@ def _store_pages(rows: int, captions: int) -> int:
     ("finalisation", _store_pages(10, 3) + 12 + 78),
 ])
 def test_extraction_on_a_full_disk_stops_clearly_and_resumes(extraction_inputs, small_disk, where, pages):
-    root, audios, reference, _ = extraction_inputs
     disk = small_disk(pages * PAGE)
     store = disk.path / "store"
-    params = extraction_params(root, audios, store)
     # In a forked process: a write through a memory map to a full disk would be a SIGBUS.
-    run = Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
+    params, run = harness.fork_extraction(extraction_inputs, store)
     assert run.join() == 1, f"exit code {run.process.exitcode}: {run.error}"
     error = run.error
     assert error.startswith("DiskFullError: [Errno 28] no space to write") and ".memmap" in error, error
@@ -207,8 +194,8 @@ def test_extraction_on_a_full_disk_stops_clearly_and_resumes(extraction_inputs, 
     assert not is_complete(store) and not store.exists() and not StorePaths(store).tsv.exists()
 
     disk.grow(16 * 2**20)
-    run_in_process(EXTRACTION_FILES, params)
-    assert store_files(store) == reference
+    harness.run_in_process(harness.EXTRACTION_FILES, params)
+    assert harness.store_files(store) == extraction_inputs.reference
 
 
 def test_flac_on_a_full_disk(small_disk):
@@ -225,7 +212,7 @@ def test_config_record_on_a_full_disk(example_workspace, small_disk):
     disk.fill()
     table = disk.path / "clips.tsv"
     with pytest.raises(OSError) as info:
-        run_in_process(["gin/partition_clips.gin"],
+        harness.run_in_process(["gin/partition_clips.gin"],
                        [f"AUDIO_DIR = '{example_workspace / 'audios'}'", f"OUTPUT_DIR = '{table}'"])
     assert_disk_full_error(info.value, "config.gin")
     assert [f for f in disk.files() if f != "filler"] == []

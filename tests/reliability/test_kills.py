@@ -34,6 +34,7 @@ from .harness import (
     run_forked,
     run_in_process,
     run_outputs,
+    store_differences,
     store_files,
     train_params,
     trial_rng,
@@ -170,8 +171,7 @@ def test_extraction_killed_at_random_points_resumes_to_the_same_store(extraction
         attempts.landed += 1
         phase = extraction_phase(store)
         run_in_process(EXTRACTION_FILES, params)
-        got = store_files(store)
-        lost = sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
+        lost = store_differences(reference, store)
         left = StorePaths(store).partial.exists()
         tally.add("extraction: SIGKILL at a random point, then resume", not lost and not left, len(lost), phase)
         if lost or left:
@@ -186,7 +186,7 @@ def test_runs_here_compute_as_the_forked_runs_whatever_this_process_threads(extr
     threads the tiny CLIP's float32 text features differ in their last bits, so the thread count
     of the test process must not reach `run_in_process` (float32 stores: bf16 hides most of it)."""
     root, audios, _, _ = extraction_inputs
-    float32 = ["ExtractAudioFeatures.feature_dtype = 'float32'"]
+    float32 = ["ExtractAudioFeatures.feature_dtype = 'fp32'"]
     forked, here = tmp_path / "forked" / "store", tmp_path / "here" / "store"
     run_forked(functools.partial(run_in_process, EXTRACTION_FILES, extraction_params(root, audios, forked) + float32))
     with intra_op_threads(16):

@@ -23,19 +23,7 @@ from mmgin import cli, run_lock
 from mmgin.data.store import StorePaths
 from mmgin.run_lock import OutputLockedError
 
-from .harness import (
-    EXTRACTION_FILES,
-    REPO,
-    TRAIN_FILES,
-    Forked,
-    differences,
-    extraction_params,
-    run_in_process,
-    run_outputs,
-    store_files,
-    train_params,
-    wait_for,
-)
+from . import harness
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -52,18 +40,18 @@ def holder_pid(output: Path) -> int | None:
         return None
 
 
-def others_meet(run: Forked, output: Path, files: list[str], params: list[str]) -> bool:
+def others_meet(run: harness.Forked, output: Path, files: list[str], params: list[str]) -> bool:
     """With ``run`` holding ``output`` and stopped: a second run is refused naming it, a dry run
     succeeds, and neither changes a file beside or inside the output. Lets ``run`` go on."""
-    assert wait_for(lambda: holder_pid(output) == run.process.pid, run)
+    assert harness.wait_for(lambda: holder_pid(output) == run.process.pid, run)
     os.kill(run.process.pid, signal.SIGSTOP)
     try:
         before = snapshot(output.parent)
         holder = (rf"{re.escape(str(output))} is in use by another run: pid {run.process.pid} "
                   rf"on host {re.escape(socket.gethostname())} ")
         with pytest.raises(OutputLockedError, match=holder):
-            cli.run(files, params, [str(REPO)], dry_run=False)
-        assert cli.run(files, params, [str(REPO)], dry_run=True) == 0
+            cli.run(files, params, [str(harness.REPO)], dry_run=False)
+        assert cli.run(files, params, [str(harness.REPO)], dry_run=True) == 0
         return snapshot(output.parent) == before
     finally:
         os.kill(run.process.pid, signal.SIGCONT)
@@ -74,11 +62,11 @@ def test_a_second_training_run_and_a_dry_run_meet_a_live_run(example_workspace, 
     temp-file cleanup), and a dry run rewrote the live run's config files."""
     reference, _ = uninterrupted
     out = tmp_path / "run"
-    params = train_params(example_workspace, out)
-    run = Forked(functools.partial(run_in_process, TRAIN_FILES, params))
-    unchanged = others_meet(run, out, TRAIN_FILES, params)
+    params = harness.train_params(example_workspace, out)
+    run = harness.Forked(functools.partial(harness.run_in_process, harness.TRAIN_FILES, params))
+    unchanged = others_meet(run, out, harness.TRAIN_FILES, params)
     assert run.join() == 0, run.error
-    lost = differences(reference, run_outputs(out))
+    lost = harness.differences(reference, harness.run_outputs(out))
     lock_gone = not run_lock.lock_file(out).exists()
     tally.add("training: a second run and a dry run in a live run's directory", unchanged and not lost and lock_gone,
               len(lost))
@@ -87,14 +75,11 @@ def test_a_second_training_run_and_a_dry_run_meet_a_live_run(example_workspace, 
 
 def test_a_second_extraction_and_a_dry_run_meet_a_live_one(extraction_inputs, tmp_path, tally):
     """Two extractions into one store used to crash one of them."""
-    root, audios, reference, _ = extraction_inputs
     store = tmp_path / "stores" / "store"
-    params = extraction_params(root, audios, store)
-    run = Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
-    unchanged = others_meet(run, store, EXTRACTION_FILES, params)
+    params, run = harness.fork_extraction(extraction_inputs, store)
+    unchanged = others_meet(run, store, harness.EXTRACTION_FILES, params)
     assert run.join() == 0, run.error
-    got = store_files(store)
-    lost = sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
+    lost = harness.store_differences(extraction_inputs.reference, store)
     tidy = sorted(p.name for p in store.parent.iterdir()) == ["store", "store.failures.tsv", "store.tsv"]
     tally.add("extraction: a second run and a dry run into a store being built", unchanged and not lost and tidy,
               len(lost))
@@ -102,17 +87,15 @@ def test_a_second_extraction_and_a_dry_run_meet_a_live_one(extraction_inputs, tm
 
 
 def test_the_lock_of_a_killed_extraction_is_taken_over(extraction_inputs, tmp_path, tally):
-    root, audios, reference, _ = extraction_inputs
     store = tmp_path / "stores" / "store"
-    params = extraction_params(root, audios, store)
     progress = StorePaths(store).partial / "progress.rows"
-    run = Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
-    wait_for(lambda: progress.is_file() and progress.read_bytes().count(0) <= len(progress.read_bytes()) - 2, run)
+    params, run = harness.fork_extraction(extraction_inputs, store)
+    harness.wait_for(lambda: progress.is_file() and progress.read_bytes().count(0) <= len(progress.read_bytes()) - 2,
+                     run)
     assert run.sigkill(), "the extraction ended before the kill"
     assert holder_pid(store) == run.process.pid  # the dead run's lock is still there
-    run_in_process(EXTRACTION_FILES, params)
-    got = store_files(store)
-    lost = sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
+    harness.run_in_process(harness.EXTRACTION_FILES, params)
+    lost = harness.store_differences(extraction_inputs.reference, store)
     lock_gone = not run_lock.lock_file(store).exists()
     tally.add("extraction: the lock of a SIGKILLed run is taken over", not lost and lock_gone, len(lost),
               "2+ of 10 rows done")

@@ -24,22 +24,9 @@ from mmgin import io
 from mmgin.data.store import StorePaths
 from mmgin.train import checkpoint as ckpt
 
-from .harness import (
-    EXTRACTION_FILES,
-    REPO,
-    STEPS,
-    TRAIN_FILES,
-    Forked,
-    differences,
-    extraction_params,
-    run_in_process,
-    run_outputs,
-    store_files,
-    train_params,
-    wait_for,
-)
+from . import harness
 from .test_kills import ROWS, rows_done
-from .test_rank_death import torchrun_command
+from .test_rank_death import resume_under_torchrun, torchrun_command
 
 STOPPED = "stopped by SIGTERM at iteration"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -49,7 +36,7 @@ class Launched:
     """A launch.py or torchrun subprocess in its own session; its stderr is read as it comes."""
 
     def __init__(self, command: list[str]):
-        self.process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen(command, cwd=harness.REPO, env=ENV, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -86,7 +73,7 @@ class Launched:
 
 
 def launch_command(files: list[str], params: list[str]) -> list[str]:
-    return [sys.executable, str(REPO / "launch.py"), *(f"--gin_file={f}" for f in files),
+    return [sys.executable, str(harness.REPO / "launch.py"), *(f"--gin_file={f}" for f in files),
             *(f"--gin_param={p}" for p in params)]
 
 
@@ -114,30 +101,31 @@ def test_sigterm_stops_training_with_a_checkpoint_and_the_same_command_resumes_b
     out = tmp_path / "run"
     # No periodic checkpoint before the last step: the one at the stop (from step 2 on, as the
     # ranks' vote is read a step later) can only come from the stop.
-    params = train_params(example_workspace, out, **{"Train.checkpoint_every": STEPS, "Train.log_every": 1})
-    run = Launched(launch_command(TRAIN_FILES, params))
-    run.wait_for(f"it 1/{STEPS}")
+    params = harness.train_params(example_workspace, out,
+                                  **{"CheckpointConfig.every": harness.STEPS, "LogConfig.every": 1})
+    run = Launched(launch_command(harness.TRAIN_FILES, params))
+    run.wait_for(f"it 1/{harness.STEPS}")
     run.signal(signal.SIGTERM)
     code = run.finish()
     stderr = run.stderr()
     assert code == 0, stderr[-3000:]
     stopped_at = stop_iterations(stderr)[0]
     assert f"{STOPPED} {stopped_at}; run the same command to resume" in stderr
-    assert 1 < stopped_at < STEPS, stopped_at
+    assert 1 < stopped_at < harness.STEPS, stopped_at
     assert ckpt.list_checkpoints(out) == [ckpt.checkpoint_path(out, stopped_at)]
     assert io.load_torch(ckpt.checkpoint_path(out, stopped_at))["ema"]["step"] == stopped_at
     assert not (out / "ema_final.pth").exists() and "Traceback" not in stderr
 
     # A snapshot write killed half-way leaves its temp file: the next run removes it.
-    writer = Forked(functools.partial(die_writing, out / "ema_ckpts" / f"0.{STEPS}.pt"))
+    writer = harness.Forked(functools.partial(die_writing, out / "ema_ckpts" / f"0.{harness.STEPS}.pt"))
     assert writer.join() == -signal.SIGKILL
     temps = lambda: list((out / "ema_ckpts").glob(".*.tmp"))  # noqa: E731
     assert temps()
-    run_in_process(TRAIN_FILES, params)  # the same command: it resumes from the stop's checkpoint
+    harness.run_in_process(harness.TRAIN_FILES, params)  # the same command: it resumes from the stop's checkpoint
     assert not temps()
-    got = run_outputs(out)
+    got = harness.run_outputs(out)
     # The stop's checkpoint is an extra one that retention may keep: compare everything else.
-    lost = differences({k: v for k, v in reference.items() if k != "checkpoints"},
+    lost = harness.differences({k: v for k, v in reference.items() if k != "checkpoints"},
                        {k: v for k, v in got.items() if k != "checkpoints"})
     tally.add("training: SIGTERM mid-run → checkpoint at the stop, exit 0; the same command resumes",
               not lost, len(lost), f"stopped at iteration {stopped_at}")
@@ -162,7 +150,7 @@ def test_a_second_sigterm_or_the_grace_period_ends_training_at_once(example_work
     for case, extra in (("second SIGTERM", {}), ("grace period exceeded", {"Train.sigterm_grace_seconds": 0.001})):
         for attempt in range(3):  # a second signal that comes after the graceful stop ended is retried
             out = tmp_path / f"{case.replace(' ', '_')}{attempt}"
-            command = launch_command(TRAIN_FILES, train_params(example_workspace, out, **extra))
+            command = launch_command(harness.TRAIN_FILES, harness.train_params(example_workspace, out, **extra))
             code, stderr = sigterm_at_checkpoint_2(command, out, twice=case == "second SIGTERM")
             if not (code == 0 and STOPPED in stderr):
                 break
@@ -181,10 +169,10 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint_and_the_run_re
     """torchrun sends SIGTERM to each worker's process group: DataLoader workers (one per rank
     here) get it too and must leave the stop to their rank."""
     out = tmp_path / "run"
-    params = train_params(example_workspace, out, **{
-        "Train.batch_size": 2, "Train.checkpoint_every": STEPS, "Train.log_every": 1, "Train.num_workers": 1})
+    params = harness.train_params(example_workspace, out, **{
+        "Train.batch_size": 2, "CheckpointConfig.every": harness.STEPS, "LogConfig.every": 1, "Train.num_workers": 1})
     run = Launched(torchrun_command(params))
-    run.wait_for(f"it 1/{STEPS}")
+    run.wait_for(f"it 1/{harness.STEPS}")
     run.signal(signal.SIGTERM)
     run.finish()
     stderr = run.stderr()
@@ -192,14 +180,9 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint_and_the_run_re
     assert set(stopped) == {0, 1} and len(set(stopped.values())) == 1, stderr[-3000:]
     stopped_at = stopped[0]
     assert "SIGKILL" not in stderr and "exited unexpectedly" not in stderr, stderr[-3000:]
-    assert 1 < stopped_at < STEPS and ckpt.list_checkpoints(out) == [ckpt.checkpoint_path(out, stopped_at)]
+    assert 1 < stopped_at < harness.STEPS and ckpt.list_checkpoints(out) == [ckpt.checkpoint_path(out, stopped_at)]
 
-    resumed = subprocess.run(torchrun_command(params), cwd=REPO, env=ENV, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {ckpt.checkpoint_path(out, stopped_at)}" in resumed.stderr, resumed.stderr[-3000:]
-    final = io.load_torch(ckpt.list_checkpoints(out)[0])
-    assert final["iteration"] == STEPS and final["world_size"] == 2
+    resume_under_torchrun(params, out, ckpt.checkpoint_path(out, stopped_at), ENV)
     tally.add("torchrun: SIGTERM to torchrun (2 ranks, DataLoader workers) → both ranks stop at one "
               "iteration with one checkpoint; the same command resumes", True, 0,
               f"stopped at iteration {stopped_at}")
@@ -207,7 +190,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint_and_the_run_re
 
 def test_ctrl_c_prints_one_line_instead_of_a_traceback(example_workspace, tmp_path, scenario):
     out = tmp_path / "run"
-    run = Launched(launch_command(TRAIN_FILES, train_params(example_workspace, out)))
+    run = Launched(launch_command(harness.TRAIN_FILES, harness.train_params(example_workspace, out)))
     run.wait_for(f"saved {ckpt.checkpoint_path(out, 1)}")
     run.signal(signal.SIGINT)
     assert run.finish() == 130
@@ -220,19 +203,16 @@ def test_ctrl_c_prints_one_line_instead_of_a_traceback(example_workspace, tmp_pa
 # ------------------------------------------------------------------------------- extraction
 def test_sigterm_stops_extraction_between_blocks_and_it_resumes_to_the_same_store(
         extraction_inputs, tmp_path, tally):
-    root, audios, reference, _ = extraction_inputs
     store = tmp_path / "store"
-    params = extraction_params(root, audios, store)
     progress = StorePaths(store).partial / "progress.rows"
-    run = Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
-    wait_for(lambda: progress.is_file() and rows_done(progress) >= 2, run)
+    params, run = harness.fork_extraction(extraction_inputs, store)
+    harness.wait_for(lambda: progress.is_file() and rows_done(progress) >= 2, run)
     os.kill(run.process.pid, signal.SIGTERM)
     assert run.join() == 0, run.error
     done = rows_done(progress)
     assert not store.exists() and 2 <= done < ROWS, done  # stopped between blocks, rows kept
-    run_in_process(EXTRACTION_FILES, params)
-    got = store_files(store)
-    lost = sorted(k for k in reference.keys() | got.keys() if reference.get(k) != got.get(k))
+    harness.run_in_process(harness.EXTRACTION_FILES, params)
+    lost = harness.store_differences(extraction_inputs.reference, store)
     tally.add("extraction: SIGTERM mid-run → exit 0 with the rows done kept; the same command resumes",
               not lost, len(lost), f"{done}/{ROWS} rows done")
     assert not lost and not StorePaths(store).partial.exists(), lost
@@ -243,18 +223,18 @@ def test_a_pipeline_stops_after_the_stage_sigterm_stopped(extraction_inputs, tmp
     (it would read unfinished outputs); the same command finishes both."""
     root, audios, reference, _ = extraction_inputs
     first, second = tmp_path / "first", tmp_path / "second"
-    params = extraction_params(root, audios, first) + [
+    params = harness.extraction_params(root, audios, first) + [
         "launch.program = @Pipeline()", f"Pipeline.output_dir = '{tmp_path / 'pipeline'}'",
         "Pipeline.stages = [@first/ExtractAudioFeatures, @second/ExtractAudioFeatures]",
         f"second/ExtractAudioFeatures.output_dir = '{second}'"]
     progress = StorePaths(first).partial / "progress.rows"
-    run = Forked(functools.partial(run_in_process, EXTRACTION_FILES, params))
-    wait_for(lambda: progress.is_file() and rows_done(progress) >= 2, run)
+    run = harness.Forked(functools.partial(harness.run_in_process, harness.EXTRACTION_FILES, params))
+    harness.wait_for(lambda: progress.is_file() and rows_done(progress) >= 2, run)
     os.kill(run.process.pid, signal.SIGTERM)
     assert run.join() == 0, run.error
     assert not first.exists() and not second.exists() and not StorePaths(second).partial.exists()
-    run_in_process(EXTRACTION_FILES, params)
-    assert store_files(first) == reference and store_files(second) == reference
+    harness.run_in_process(harness.EXTRACTION_FILES, params)
+    assert harness.store_files(first) == reference and harness.store_files(second) == reference
 
 
 # --------------------------------------------------------------------------------- evaluate
@@ -273,9 +253,9 @@ def test_sigterm_stops_evaluate_between_batches_keeping_its_files(example_worksp
     params = ["NETWORK = 'tiny_16k'", "FlowMatching.num_steps = 1", "Evaluate.batch_size = 1",
               "Evaluate.duration = 2.0", f"WEIGHTS = '{weights}'", f"OUTPUT_DIR = '{out}'", f"STORE = '{store}'"]
     flacs = lambda: sorted((out / "test-sampled").glob("*.flac"))  # noqa: E731
-    run = Forked(functools.partial(run_in_process, ["gin/evaluate_16k.gin", "gin/audio/tiny.gin",
+    run = harness.Forked(functools.partial(harness.run_in_process, ["gin/evaluate_16k.gin", "gin/audio/tiny.gin",
                                                     "gin/test/tiny_encoders.gin"], params))
-    wait_for(lambda: len(flacs()) >= 1, run)
+    harness.wait_for(lambda: len(flacs()) >= 1, run)
     os.kill(run.process.pid, signal.SIGTERM)
     assert run.join() == 0, run.error
     written = flacs()

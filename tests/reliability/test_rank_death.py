@@ -28,6 +28,17 @@ def torchrun_command(params: list[str]) -> list[str]:
             *(f"--gin_file={f}" for f in TRAIN_FILES), *(f"--gin_param={p}" for p in params)]
 
 
+def resume_under_torchrun(params: list[str], out: Path, checkpoint: Path, env: dict[str, str]) -> None:
+    """Runs the stopped 2-rank run's command again: it must resume from ``checkpoint`` and end
+    at the last iteration on both ranks."""
+    resumed = subprocess.run(torchrun_command(params), cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {checkpoint}" in resumed.stderr, resumed.stderr[-3000:]
+    final = io.load_torch(ckpt.list_checkpoints(out)[0])
+    assert final["iteration"] == STEPS and final["world_size"] == 2
+
+
 def descendants(pid: int) -> list[int]:
     found, queue = [], [pid]
     while queue:
@@ -79,12 +90,7 @@ def test_a_killed_rank_stops_the_run_with_its_name_and_the_run_resumes(example_w
     assert not any(p.exists() for p in map(Path, (f"/proc/{pid}" for pid in descendants(run.pid))))
 
     last = ckpt.list_checkpoints(out)[0]
-    resumed = subprocess.run(torchrun_command(params), cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {last}" in resumed.stderr, resumed.stderr[-3000:]
-    final = io.load_torch(ckpt.list_checkpoints(out)[0])
-    assert final["iteration"] == STEPS and final["world_size"] == 2
+    resume_under_torchrun(params, out, last, env)
     tally.add("torchrun: SIGKILL of rank 1 of 2, then resume", True, 0,
               f"after checkpoint {last.stem.split('_')[1].lstrip('0')}; rank 0 stopped {stopped_after:.1f} s later")
 

@@ -98,8 +98,8 @@ def test_training_samples_named_by_hostile_ids_stay_in_the_samples_folder(exampl
     out = work / "run"
     params = train_params(example_workspace, out, **{
         "VAL_STORE": str(store), "Train.codec": "@train/AudioCodec()", "Train.num_iterations": 1,
-        "Train.sample_every": 1, "Train.num_samples": len(ids), "Train.sample_batch_size": len(ids),
-        "Train.val_every": 1000, "Train.ema": False})
+        "SamplingConfig.every": 1, "SamplingConfig.num_samples": len(ids), "SamplingConfig.batch_size": len(ids),
+        "ValidationConfig.every": 1000, "Train.ema": None})
     run_in_process(TRAIN_FILES, [p.replace("'@train/AudioCodec()'", "@train/AudioCodec()") for p in params])
     samples = out / "samples" / "000000001"
     written = [p for p in files_under(tmp_path) if p.suffix == ".flac"]

@@ -1,4 +1,11 @@
-"""Building encoder modules: strict checkpoint loading, freezing, seeded tiny weights."""
+"""Building the frozen pretrained modules (audio codec, vision encoders): strict loading of a
+released file, freezing, and the seeded weights of the tiny test variants.
+
+Tiny variants have no released weights: they are filled from a fixed-seed generator so every
+process and run builds the same values without touching the global RNG. Two fill schemes
+exist, each pinned by fixtures: `seeded_init` (the vision encoders) and `seeded_normal_` (the
+audio codec); they draw different numbers and are not interchangeable.
+"""
 
 from __future__ import annotations
 
@@ -26,27 +33,24 @@ def load_strict(
     ]
     if missing or unexpected or wrong:
         raise ValueError(
-            f"{source} does not match {type(module).__name__}: "
+            f"{source} does not fit {type(module).__name__}: "
             f"{len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
             f"{len(wrong)} of the wrong shape (e.g. {wrong[:3]}). "
-            "Check that the file is the right release and the model size matches."
+            "Check that the file is the right release and that the mode and size match."
         )
     module.load_state_dict(state, strict=True, assign=assign)
 
 
 def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no gradients: the encoders are fixed feature extractors."""
+    """Eval mode, no gradients: these modules are fixed, never trained here."""
     return module.eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def seeded_init(module: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
-    """Fills every parameter from one seeded generator: norm weights 1, biases 0, else N(0, std²).
-
-    Tiny encoders have no released weights; this gives them the same values in every process
-    and run without touching the global RNG. Parameters are visited in sorted name order.
-    """
+    """Fills every parameter from one seeded generator: LayerNorm weights 1, biases 0, else
+    N(0, std²), visiting parameters in sorted name order (the vision encoders' scheme)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     norm_weights = {
         f"{name}.weight" if name else "weight"
@@ -63,4 +67,16 @@ def seeded_init(module: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
         else:
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
             param.copy_(noise * std)
+    return module
+
+
+@torch.no_grad()
+def seeded_normal_(module: nn.Module, seed: int, std_of: Mapping[str, float]) -> nn.Module:
+    """Fills the parameters named in ``std_of`` with N(0, std²), in the module's parameter
+    order, from one generator seeded with ``seed``; the others keep their values (the audio
+    codec's scheme)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in module.named_parameters():
+        if name in std_of:
+            param.copy_(torch.randn(param.shape, generator=generator) * std_of[name])
     return module
