@@ -24,18 +24,18 @@ from mmgin.testing.recipe import recipe_state_dict
 SAMPLES = {"16k": 128000, "44k": 353280}  # 8 s clips as the training pipeline uses them
 
 
-def _write_recipe_checkpoints(mode: str, root: Path) -> tuple[Path, Path]:
+def write_recipe_codec(mode: str, vae: Path, vocoder: Path) -> None:
+    """The mode's VAE and vocoder files in the released layouts, with recipe weights (the
+    vocoder's anti-aliasing filters are fixed kernels, as in the released file)."""
     config = BIGVGAN_16K if mode == "16k" else BIGVGAN_V2_44K
     with torch.device("meta"):
         names = [k for k in BigVGAN(config).state_dict() if k.endswith(".filter")]
     filters = Activation1d(1).state_dict()
     fixed = {k: filters["downsample.lowpass.filter" if "lowpass" in k else "upsample.filter"] for k in names}
-    vae = root / "vae.pth"
-    vocoder = root / "vocoder.pt"
+    vocoder.parent.mkdir(parents=True, exist_ok=True)
     torch.save(recipe_state_dict("vae_v1_16" if mode == "16k" else "vae_v1_44"), vae)
     manifest = "bigvgan_16k" if mode == "16k" else "bigvgan_v2_44k"
     torch.save({"generator": recipe_state_dict(manifest, fixed=fixed)}, vocoder)
-    return vae, vocoder
 
 
 def _timed(fn, device: torch.device, repeats: int) -> float:
@@ -64,7 +64,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
 
     with tempfile.TemporaryDirectory() as tmp:
-        vae, vocoder = _write_recipe_checkpoints(args.mode, Path(tmp))
+        vae, vocoder = Path(tmp) / "vae.pth", Path(tmp) / "vocoder.pt"
+        write_recipe_codec(args.mode, vae, vocoder)
         codec = AudioCodec(mode=args.mode, vae_checkpoint=vae, vocoder_checkpoint=vocoder).to(device)
 
     generator = torch.Generator().manual_seed(0)
