@@ -1,4 +1,5 @@
-"""One sampler: Train's validation samples and Evaluate's generation give the same latents."""
+"""One sampler: Train's validation samples and Evaluate's generation give the same latents,
+and through the programs the same audio files."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmgin import cli
 from mmgin.data.datasets import ExtractedAudioDataset, ExtractedVideoDataset
 from mmgin.eval.sources import StoreSource
 from mmgin.model import FlowMatching, MMAudio, SequenceConfig, get_network
 from mmgin.model.sampling import Conditions, fill_empty, generate_latents
 from mmgin.testing.example import write_synthetic_store
+from mmgin.train import checkpoint as ckpt
 from mmgin.train.batches import to_device
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = [2, 0, 1]  # out of order, as a shard of a validation set may be
 
@@ -65,3 +70,30 @@ def test_absent_modalities_take_the_learnt_empty_features(network, stores):
     assert torch.equal(sync, network.get_empty_sync_sequence(3))
     assert torch.equal(text[1], network.empty_string_feat)
     assert torch.equal(text[0], conditions.text[0])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_samples_and_evaluate_write_the_same_audio(tmp_path, precision):
+    """Through the programs: Train's samples at its last step and Evaluate with that step's
+    checkpoint (same seed, batch size, precision and steps) write the same flac files."""
+    stores = tmp_path / "stores"
+    write_synthetic_store(stores / "video-16k", "video", num_rows=4, seed=1)
+    write_synthetic_store(stores / "val-16k", "video", num_rows=3, seed=2)
+    run, out, seed = tmp_path / "run", tmp_path / "eval", 7
+    train = {"VIDEO_STORES": [str(stores / "video-16k")], "AUDIO_STORES": [], "VAL_STORE": str(stores / "val-16k"),
+             "OUTPUT_DIR": str(run), "Train.seed": seed, "Train.num_iterations": 2, "Train.ema": None,
+             "StepConfig.precision": precision, "CheckpointConfig.every": 2,
+             "SamplingConfig.every": 2, "SamplingConfig.num_samples": 3, "SamplingConfig.batch_size": 2}
+    cli.run(["gin/small_16k.gin", "gin/test/tiny_train.gin"], _bindings(train), [str(REPO)], dry_run=False)
+    evaluate = {"NETWORK": "tiny_16k", "WEIGHTS": str(ckpt.checkpoint_path(run, 2)), "OUTPUT_DIR": str(out),
+                "STORE": str(stores / "val-16k"), "Evaluate.seed": seed, "Evaluate.batch_size": 2,
+                "Evaluate.precision": precision, "FlowMatching.num_steps": 2, "launch.device": "cpu"}
+    cli.run(["gin/evaluate_16k.gin", "gin/audio/tiny.gin"], _bindings(evaluate), [str(REPO)], dry_run=False)
+    sampled = sorted((run / "samples" / f"{2:09d}").glob("*.flac"))
+    assert len(sampled) == 3
+    for path in sampled:
+        assert path.read_bytes() == (out / "test-sampled" / path.name).read_bytes(), path.name
+
+
+def _bindings(values: dict) -> list[str]:
+    return [f"{k} = {v!r}" for k, v in values.items()]

@@ -29,8 +29,8 @@ from mmgin.media.errors import MediaError
 from mmgin.media.write import write_audio
 from mmgin.model import FlowMatching, MMAudio, SequenceConfig, load_network
 from mmgin.model.network import VARIANTS
-from mmgin.model.sampling import DEFAULT_CFG_STRENGTH, generate_latents
-from mmgin.precision import autocast, check as check_precision
+from mmgin.model.sampling import DEFAULT_CFG_STRENGTH, generate_audio
+from mmgin.precision import check as check_precision
 from mmgin.programs.base import Program
 
 @gin.configurable
@@ -186,10 +186,8 @@ class Evaluate(Program):
             failures.extend(prepared.failures)
             if not prepared.indices:
                 continue
-            latents = generate_latents(network, self.flow, prepared.conditions, generator,
-                                       self.cfg_strength, self.precision)
-            with torch.inference_mode(), autocast(self.precision, info.device):
-                audio = codec.decode_latent(latents).float().cpu()
+            audio = generate_audio(network, self.flow, codec, prepared.conditions, generator,
+                                   self.cfg_strength, self.precision)
             for n, (index, wav) in enumerate(zip(prepared.indices, audio)):
                 write_audio(self.audio_dir / f"{names[index]}.flac", wav, codec.sampling_rate)
                 written += 1

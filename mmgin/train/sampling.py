@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from mmgin import dist, io
 from mmgin.audio import AudioCodec
 from mmgin.media.write import write_audio
-from mmgin.model.sampling import Conditions, generate_latents
+from mmgin.model.sampling import Conditions, generate_audio
 from mmgin.train.batches import to_device
 from mmgin.train.metrics import Writer
 from mmgin.train.spectrogram import spectrogram_image
@@ -75,10 +75,8 @@ class Sampling:
         network.eval()
         for indices in shard_indices(count, info.rank, info.world_size, config.batch_size):
             batch = to_device(self.dataset.__getitems__(indices), trainer.device)
-            latents = generate_latents(network, trainer.flow, Conditions.from_batch(batch), generator,
-                                       config.cfg_strength, trainer.config.precision)
-            with torch.no_grad():
-                audio = self.codec.decode_latent(latents).float().cpu()
+            audio = generate_audio(network, trainer.flow, self.codec, Conditions.from_batch(batch), generator,
+                                   config.cfg_strength, trainer.config.precision)
             for index, waveform in zip(indices, audio):
                 write_audio(audio_dir / f"{names[index]}.flac", waveform, self.codec.sampling_rate)
             if info.is_main and indices[0] < config.tensorboard_samples:
