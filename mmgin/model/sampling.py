@@ -7,7 +7,7 @@ so the same weights, generator seed and precision give the same latents in both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Mapping
 
 import torch
 
@@ -16,12 +16,6 @@ from mmgin.model.flow_matching import FlowMatching
 from mmgin.model.network import MMAudio
 
 DEFAULT_CFG_STRENGTH = 4.5
-
-
-class LatentDecoder(Protocol):
-    """What turns latents into audio (mmgin.audio.AudioCodec: the VAE decoder and the vocoder)."""
-
-    def decode_latent(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -98,14 +92,15 @@ def generate_latents(
 def generate_audio(
     network: MMAudio,
     flow: FlowMatching,
-    codec: LatentDecoder,
+    codec: torch.nn.Module,
     conditions: Conditions,
     generator: torch.Generator,
     cfg_strength: float = DEFAULT_CFG_STRENGTH,
     precision: str = "bf16",
 ) -> torch.Tensor:
-    """Waveforms (B, T), float32 on the CPU: `generate_latents`, then the codec's decoder under
-    the same precision (as the reference's inference runs both in bf16)."""
+    """Waveforms (B, T), float32 on the CPU: `generate_latents`, then the decoder (VAE and vocoder)
+    of `codec` (an mmgin.audio.AudioCodec) under the same precision, as the reference's inference
+    runs both in bf16."""
     latents = generate_latents(network, flow, conditions, generator, cfg_strength, precision)
     with torch.no_grad(), autocast(precision, network.device):
         return codec.decode_latent(latents).float().cpu()

@@ -22,7 +22,7 @@ from mmgin.train import checkpoint as ckpt
 from mmgin.train import reference_run, rng
 from mmgin.train.batches import MicroBatchSource
 from mmgin.train.metrics import Writer
-from mmgin.train.trainer import Cadence, Trainer, require_positive
+from mmgin.train.trainer import Trainer, cadence, require_positive
 
 FINAL_EMA = "ema_final.pth"
 _STARTS = ("resume_from", "weights", "continue_reference_run")
@@ -65,7 +65,7 @@ class Checkpointing:
     def __init__(self, config: CheckpointConfig, output_dir: Path, network: MMAudio, identity: RunIdentity,
                  source: MicroBatchSource, num_iterations: int):
         self.config = config
-        self.due = Cadence(config.every, num_iterations)
+        self.due = cadence(config.every, num_iterations)
         self.source = source
         self._check_start_files()
         self.output_dir = output_dir

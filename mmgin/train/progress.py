@@ -16,7 +16,7 @@ from mmgin import dist
 from mmgin.model import MMAudio
 from mmgin.model.flops import training_flops_per_sample
 from mmgin.train.metrics import Throughput, Writer, format_duration, peak_flops
-from mmgin.train.trainer import Cadence, NonFiniteError, Trainer, require_positive
+from mmgin.train.trainer import NonFiniteError, Trainer, cadence, require_positive
 
 
 @gin.configurable
@@ -40,7 +40,7 @@ class Progress:
 
     def __init__(self, config: LogConfig, batch_size: int, num_iterations: int, device: torch.device):
         self.config = config
-        self.due = Cadence(config.every, num_iterations)
+        self.due = cadence(config.every, num_iterations)
         self.batch_size = batch_size
         self.num_iterations = num_iterations
         self.device = device

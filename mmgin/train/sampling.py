@@ -23,7 +23,7 @@ from mmgin.model.sampling import Conditions, generate_audio
 from mmgin.train.batches import to_device
 from mmgin.train.metrics import Writer
 from mmgin.train.spectrogram import spectrogram_image
-from mmgin.train.trainer import Cadence, Trainer, require_positive
+from mmgin.train.trainer import Trainer, cadence, require_positive
 
 SAMPLES_DIR = "samples"
 
@@ -59,7 +59,7 @@ class Sampling:
     def __init__(self, config: SamplingConfig, output_dir: Path, dataset: Dataset, codec: AudioCodec,
                  num_iterations: int):
         self.config = config
-        self.due = Cadence(config.every, num_iterations)
+        self.due = cadence(config.every, num_iterations)
         self.folder = output_dir / SAMPLES_DIR
         self.dataset = dataset
         self.codec = codec

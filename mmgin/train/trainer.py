@@ -46,15 +46,9 @@ def require_positive(config: Any, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be >= 1, got {value}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Cadence:
+def cadence(every: int, last: int) -> Callable[[int], bool]:
     """When a component runs between steps: every `every` iterations and after the last one."""
-
-    every: int
-    last: int
-
-    def __call__(self, iteration: int) -> bool:
-        return iteration % self.every == 0 or iteration == self.last
+    return lambda iteration: iteration % every == 0 or iteration == last
 
 
 @gin.configurable

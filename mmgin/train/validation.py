@@ -19,7 +19,7 @@ from mmgin.data.loader import DistributedBatchLoader
 from mmgin.train.batches import to_device
 from mmgin.train.loss import draw_noise, loss_inputs
 from mmgin.train.metrics import NUM_T_BINS, LossByT, Writer
-from mmgin.train.trainer import Cadence, Trainer, require_positive
+from mmgin.train.trainer import Trainer, cadence, require_positive
 
 
 @gin.configurable
@@ -41,7 +41,7 @@ class Validation:
     def __init__(self, config: ValidationConfig, dataset: Dataset, micro_batch_size: int, seed: int,
                  num_workers: int, num_iterations: int):
         self.config = config
-        self.due = Cadence(config.every, num_iterations)
+        self.due = cadence(config.every, num_iterations)
         self.loader = DistributedBatchLoader(
             dataset, batch_size=config.batch_size or micro_batch_size, seed=seed, drop_last=False,
             num_workers=min(2, num_workers),
