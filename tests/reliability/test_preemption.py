@@ -190,7 +190,10 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_one_checkpoint_and_the_run_re
 
 def test_ctrl_c_prints_one_line_instead_of_a_traceback(example_workspace, tmp_path, scenario):
     out = tmp_path / "run"
-    run = Launched(launch_command(harness.TRAIN_FILES, harness.train_params(example_workspace, out)))
+    # A run far longer than the test waits: the interrupt always lands mid-run, however slowly
+    # this process reads the run's log on a loaded machine.
+    params = harness.train_params(example_workspace, out, **{"Train.num_iterations": 10_000})
+    run = Launched(launch_command(harness.TRAIN_FILES, params))
     run.wait_for(f"saved {ckpt.checkpoint_path(out, 1)}")
     run.signal(signal.SIGINT)
     assert run.finish() == 130
