@@ -32,12 +32,19 @@ STOPPED = "stopped by SIGTERM at iteration"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default action in the child, as at a terminal: a suite started in the background
+    by a non-interactive shell ignores SIGINT, and a child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Launched:
     """A launch.py or torchrun subprocess in its own session; its stderr is read as it comes."""
 
     def __init__(self, command: list[str]):
         self.process = subprocess.Popen(command, cwd=harness.REPO, env=ENV, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                        preexec_fn=_default_sigint)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
