@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from audio_codec import write_recipe_codec
+from train_launch import publish
 from mmgin import io
 from mmgin.model import get_network
 from mmgin.model.sequence import SequenceConfig
@@ -107,11 +108,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "launch_wall_seconds": wall, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "command": " ".join(["python3", "bench/evaluate_launch.py", *argv]),
     }
-    print(json.dumps(record, indent=1), flush=True)
-    if args.out is not None:
-        previous = json.loads(args.out.read_text()) if args.out.is_file() else []
-        args.out.write_text(json.dumps(previous + [record], indent=1) + "\n")
-    return record
+    return publish(record, args.out)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,15 @@ def bench_step(args: argparse.Namespace) -> dict[str, Any] | None:
     return json.loads(out.read_text())[0]
 
 
+def publish(record: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """Prints the record and, with ``out``, appends it to that JSON list (a bench's results file)."""
+    print(json.dumps(record, indent=1), flush=True)
+    if out is not None:
+        previous = json.loads(out.read_text()) if out.is_file() else []
+        out.write_text(json.dumps(previous + [record], indent=1) + "\n")
+    return record
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,11 +142,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         record["device"] = step["device"]
         for row in record["windows"]:
             row["of_bench_step"] = row["samples_per_s"] / step["samples_per_s"]
-    print(json.dumps(record, indent=1), flush=True)
-    if args.out is not None:
-        previous = json.loads(args.out.read_text()) if args.out.is_file() else []
-        args.out.write_text(json.dumps(previous + [record], indent=1) + "\n")
-    return record
+    return publish(record, args.out)
 
 
 if __name__ == "__main__":
