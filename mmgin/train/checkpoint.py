@@ -151,12 +151,19 @@ def load_latest(output_dir: str | Path, unusable: UsabilityCheck = lambda state:
     return Path(chosen), state
 
 
+def existing_file(path: str | Path, setting: str) -> Path:
+    """The file a setting names (e.g. 'CheckpointConfig.resume_from'); a CheckpointError when
+    there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{setting}={path} does not exist")
+    return path
+
+
 def load_file(path: str | Path, unusable: UsabilityCheck = lambda state: None) -> dict[str, Any]:
     """An explicitly named checkpoint (`CheckpointConfig.resume_from=`); unreadable or unusable
     is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"CheckpointConfig.resume_from={path} does not exist")
+    path = existing_file(path, "CheckpointConfig.resume_from")
     state, reason = _examine(path, unusable)
     if reason is not None:
         raise CheckpointError(f"CheckpointConfig.resume_from={path}: {reason}")

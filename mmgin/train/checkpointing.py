@@ -80,9 +80,8 @@ class Checkpointing:
         if config.weights is not None:
             find_network_file(config.weights, "CheckpointConfig.weights")
         for name in ("resume_from", "continue_reference_run"):
-            path = getattr(config, name)
-            if path is not None and not Path(path).is_file():
-                raise ckpt.CheckpointError(f"CheckpointConfig.{name}={path} does not exist")
+            if getattr(config, name) is not None:
+                ckpt.existing_file(getattr(config, name), f"CheckpointConfig.{name}")
 
     def unusable(self, state: dict[str, Any]) -> str | None:
         """Why a checkpoint cannot continue this run exactly (None: it can). Settings it holds

@@ -22,7 +22,7 @@ from absl import logging
 
 from mmgin import io
 from mmgin.model.loading import REFERENCE_CHECKPOINT_KEYS, is_reference_checkpoint
-from mmgin.train.checkpoint import CheckpointError
+from mmgin.train.checkpoint import CheckpointError, existing_file
 from mmgin.train.ema import PostHocEMA
 from mmgin.train.trainer import OPTIMIZER_SETTINGS, Trainer
 
@@ -137,9 +137,7 @@ def _plain(value: Any) -> str:
 
 def load(path: str | Path) -> dict[str, Any]:
     """A reference training checkpoint; anything else is a CheckpointError saying what it is."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"CheckpointConfig.continue_reference_run={path} does not exist")
+    path = existing_file(path, "CheckpointConfig.continue_reference_run")
     try:
         state = io.load_torch(path, mmap=True)
     except Exception as e:  # torch's own text may advise unsafe loading: never shown
