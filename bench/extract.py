@@ -12,6 +12,8 @@ a few unique ones, linked under many names), then prints (and with --out writes)
                    with TF32 on CUDA; --no-tf32 strict float32): end-to-end videos/s, where the main
                    process spent its time (per encoder, waiting for decoded blocks, writes)
   encoders_only_after_warmup   the encoders as the timed run configured them (e.g. compiled)
+  profile          with --profile DIR: each encoder alone, as the timed run configured it, under
+                   torch.profiler (kernel tables DIR/profile_<encoder>.txt, per batch of videos)
 
     python bench/extract.py --precision bf16 --compile --out r.json   # GPU: 512 videos, batch 16, 12 workers
     python bench/extract.py --smoke                                   # CPU check: tiny encoders, 4 small videos
@@ -35,12 +37,15 @@ from mmgin.audio.codec import AudioCodec
 from mmgin.data import tsv as tsv_io
 from mmgin.data.extraction import row_loader
 from mmgin.model.sequence import SYNC_FPS, SequenceConfig
+from mmgin import precision as numerics
+from mmgin.media.video import clip_frames_to_float, sync_frames_to_float
 from mmgin.programs.extract_video import ExtractVideoFeatures, VideoRowDecoder, plan_video_rows
 from mmgin.programs.extraction_base import to_device
 from mmgin.programs.make_example_data import MakeExampleData
 from mmgin.testing.recipe import recipe_state_dict
 from mmgin.vision.clip import get_clip
 from mmgin.vision.synchformer import get_synchformer
+from train_step import profile_calls, write_profile
 
 MODE = "44k"
 
@@ -123,6 +128,23 @@ def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor],
             "seconds_per_video": {k: round(v / videos, 4) for k, v in sorted(program.times.seconds.items())}}
 
 
+def profile_encoders(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor], folder: Path) -> dict[str, Any]:
+    """Kernel time of CLIP and Synchformer, each alone on one batch, under the program's precision
+    (and compilation, if the program compiled them): where each spends its time outside GEMMs."""
+    device = batch["waveform"].device
+    encoders = {"clip": lambda: program.clip.encode_frames(clip_frames_to_float(batch["clip_frames"])),
+                "synchformer": lambda: program.synchformer(sync_frames_to_float(batch["sync_frames"]))}
+    reports = {}
+    with torch.inference_mode(), numerics.autocast(program.precision, device):
+        for name, encode in encoders.items():
+            encode()  # compiled already; this only makes sure
+            report = profile_calls(encode, 2, device)
+            write_profile(folder / f"profile_{name}.txt", f"{name}, batch of {batch['waveform'].shape[0]} videos, "
+                          f"precision {program.precision}, compile {program.compile}", report)
+            reports[name] = {k: report[k] for k in ("wall_ms_per_step", "kernel_ms_per_step", "categories")}
+    return reports
+
+
 def extraction_run(
     root: Path, runs: Path, name: str, encoders: dict, args: argparse.Namespace, videos: int
 ) -> tuple[ExtractVideoFeatures, dict]:
@@ -143,7 +165,7 @@ def extraction_run(
 def build_encoders(root: Path, args: argparse.Namespace, device: torch.device) -> dict:
     chunks = {"clip": {"frame_batch": args.frame_batch}, "synchformer": {"segment_batch": args.segment_batch}}
     if args.size == "full":
-        weights = recipe_checkpoints(root)
+        weights = recipe_checkpoints(root / "weights")  # the folder bench/extract_launch.py uses
         encoders = {"codec": AudioCodec(MODE, vae_checkpoint=weights["vae"], with_vocoder=False),
                     "clip": get_clip(checkpoint=weights["clip"], **chunks["clip"]),
                     "synchformer": get_synchformer(checkpoint=weights["synchformer"], **chunks["synchformer"])}
@@ -182,6 +204,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None,
                         help="folder for weights and videos, kept for later runs (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every stage)")
+    parser.add_argument("--profile", type=Path, default=None, help="folder for the encoders' kernel tables")
     args = parser.parse_args()
     args.size, args.width, args.height, args.seconds, args.unique = "full", 640, 360, 10.0, 8
     if args.smoke:
@@ -221,6 +244,10 @@ def main() -> None:
             program, results["timed_run"] = extraction_run(root, runs, "timed", encoders, args, args.videos)
             write(results, args.out)  # kept even if the call's time runs out in the next stage
             results["encoders_only_after_warmup"] = encoders_only(program, batch, warmup=1, timed=3)
+            write(results, args.out)
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                results["profile"] = profile_encoders(program, batch, args.profile)
     dist.shutdown()
     print(write(results, args.out))
 

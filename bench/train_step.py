@@ -17,6 +17,8 @@ compiled loss itself. Warm-up steps (compilation included) are not timed. One JS
 needs more is recorded with "oom": true and larger batches of that variant are skipped.
 `--dynamic` compiles once with a symbolic batch, so a batch sweep costs one compilation.
 `--profile DIR` writes, per configuration, the top kernels and their share of the step.
+`--gpu_lock FILE` lets several of these processes share one GPU (their peaks must fit together):
+compilation, which is CPU work, overlaps; the timed and profiled steps run one process at a time.
 
 MFU = analytic training FLOPs (mmgin.model.flops) / step time / --peak_flops (default: the
 device's dense peak for the precision, mmgin.train.metrics.peak_flops: 989e12 for an H100 in
@@ -29,6 +31,7 @@ import argparse
 import ast
 import collections
 import contextlib
+import fcntl
 import functools
 import gc
 import json
@@ -37,10 +40,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch._functorch.config
+import torch._inductor.config
 import torch.distributed as dist
 from torch import nn
 
@@ -85,6 +89,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory_cap_gib", type=float, default=None)
     parser.add_argument("--functorch_config", action="append", default=[], metavar="NAME=VALUE",
                         help="set torch._functorch.config.NAME (partitioner knobs); repeatable")
+    parser.add_argument("--inductor_config", action="append", default=[], metavar="NAME=VALUE",
+                        help="set torch._inductor.config.NAME (fusion and tuning knobs); repeatable")
+    parser.add_argument("--gpu_lock", type=Path, default=None,
+                        help="a lock file shared with other bench processes on the same GPU: they build, "
+                             "compile and warm up at the same time and time their steps one at a time")
     parser.add_argument("--profile", type=Path, default=None, help="folder for kernel tables")
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON")
     return parser.parse_args(argv)
@@ -164,6 +173,30 @@ def build_trainer(args: argparse.Namespace, network: MMAudio, device: torch.devi
     return trainer
 
 
+class GpuTurns:
+    """Shared use of one GPU by several bench processes through an flock'ed file: building,
+    compiling and warming up hold a shared lock; timing holds it exclusively, so no other
+    process runs kernels during a timed step. Without a file, every turn is the process's own."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.file = None if path is None else open(path, "a")
+        self._lock(fcntl.LOCK_SH)
+
+    def _lock(self, mode: int) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, mode)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        self._lock(fcntl.LOCK_UN)  # no upgrade in place: two upgrading holders would deadlock
+        self._lock(fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            self._lock(fcntl.LOCK_UN)
+            self._lock(fcntl.LOCK_SH)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -186,8 +219,9 @@ def kernel_category(name: str) -> str:
     return "other (eager elementwise, copies, reductions)"
 
 
-def profile_steps(trainer: Trainer, data: dict, steps: int, device: torch.device) -> dict[str, Any]:
-    """Kernel times over `steps` steps: top kernels, categories, GPU-busy share of wall time."""
+def profile_calls(step: Callable[[], Any], steps: int, device: torch.device) -> dict[str, Any]:
+    """Kernel times over `steps` calls of ``step``: top kernels, categories, GPU-busy share of wall
+    time (also used by bench/extract.py for the encoders)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -195,7 +229,7 @@ def profile_steps(trainer: Trainer, data: dict, steps: int, device: torch.device
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            trainer.train_step([data])
+            step()
         synchronize(device)
     wall_us = (time.perf_counter() - start) * 1e6
     kernels: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
@@ -243,7 +277,7 @@ def write_profile(path: Path, config: str, report: dict[str, Any]) -> None:
 
 
 def run_batch(
-    args: argparse.Namespace, trainer: Trainer, variant: str, batch: int, device: torch.device
+    args: argparse.Namespace, trainer: Trainer, variant: str, batch: int, device: torch.device, turns: GpuTurns
 ) -> dict[str, Any]:
     network = trainer.network
     data = synthetic_batch(network, batch, device)
@@ -257,14 +291,15 @@ def run_batch(
         trainer.train_step([data])
     trainer.collect_window()  # host sync; resets the loss window
     warmup_peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    if device.type == "cuda":
-        # Steady state: DDP's gradients become bucket views only after the first step.
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.train_step([data])
-    synchronize(device)
-    step_time = (time.perf_counter() - start) / args.steps
+    with turns.alone():
+        if device.type == "cuda":
+            # Steady state: DDP's gradients become bucket views only after the first step.
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step([data])
+        synchronize(device)
+        step_time = (time.perf_counter() - start) / args.steps
     window = trainer.collect_window()
     flops = training_flops_per_sample(network)
     peak = peak_flops(device, trainer.config.precision, None if args.peak_flops is None else args.peak_flops / 1e12)
@@ -290,6 +325,7 @@ def run_batch(
         "activation_checkpointing": args.activation_checkpointing,
         "memory_cap_gib": args.memory_cap_gib,
         "functorch_config": args.functorch_config,
+        "inductor_config": args.inductor_config,
         "steps": args.steps,
         "warmup": args.warmup,
         "final_loss": float(window["loss"]),
@@ -297,9 +333,11 @@ def run_batch(
         "torch": torch.__version__,
     }
     if args.profile is not None:
-        report = profile_steps(trainer, data, 3, device)
+        with turns.alone():
+            report = profile_calls(lambda: trainer.train_step([data]), 3, device)
         checkpointing = f"_ac_{args.activation_checkpointing}" if args.activation_checkpointing else ""
-        config = f"{variant}_b{batch}{checkpointing}"
+        ddp = "" if not args.ddp else "_ddp" if args.bucket_cap_mb is None else f"_ddp{args.bucket_cap_mb:g}mb"
+        config = f"{variant}_b{batch}{checkpointing}{ddp}"
         write_profile(args.profile / f"profile_{config}.txt", config, report)
         result["profile"] = {k: report[k] for k in
                              ("wall_ms_per_step", "kernel_ms_per_step", "kernel_launches_per_step",
@@ -314,7 +352,7 @@ def free_memory(device: torch.device) -> None:
 
 
 def run_variant(
-    args: argparse.Namespace, variant: str, device: torch.device
+    args: argparse.Namespace, variant: str, device: torch.device, turns: GpuTurns
 ) -> list[dict[str, Any]]:
     """All batches of one variant: one network and trainer (one compilation with --dynamic)."""
     results = []
@@ -326,7 +364,7 @@ def run_variant(
             free_memory(device)
             trainer = build_trainer(args, build_network(variant, device, args.activation_checkpointing), device)
         try:
-            result = run_batch(args, trainer, variant, batch, device)
+            result = run_batch(args, trainer, variant, batch, device, turns)
         except torch.OutOfMemoryError:
             trainer.optimizer.zero_grad(set_to_none=True)
             result = {"variant": variant, "batch": batch, "oom": True,
@@ -357,11 +395,13 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * GIB / total), device)
     else:
         device = torch.device("cpu")
-    for item in args.functorch_config:
-        name, value = item.split("=", 1)
-        if not hasattr(torch._functorch.config, name):
-            raise SystemExit(f"--functorch_config {item}: torch._functorch.config has no {name!r}")
-        setattr(torch._functorch.config, name, ast.literal_eval(value))
+    for flag, config in (("--functorch_config", torch._functorch.config), ("--inductor_config", torch._inductor.config)):
+        for item in getattr(args, flag[2:]):
+            name, value = item.split("=", 1)
+            if not hasattr(config, name):
+                raise SystemExit(f"{flag} {item}: {config.__name__} has no {name!r}")
+            setattr(config, name, ast.literal_eval(value))
+    turns = GpuTurns(args.gpu_lock)
     init_single_rank_group(device)
     results: list[dict[str, Any]] = []
     # dynamic=True alone would also make Python float attributes (FlowMatching.min_sigma)
@@ -372,7 +412,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     try:
         with floats:
             for variant in args.variant:
-                results.extend(run_variant(args, variant, device))
+                results.extend(run_variant(args, variant, device, turns))
                 if args.out is not None:
                     io.write_text(args.out, json.dumps(results, indent=1) + "\n")
     finally:

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPTS = {
     "train_launch.py": ("--workdir", "{tmp}"),
-    "extract.py": ("--root", "{tmp}"),
+    "extract.py": ("--root", "{tmp}", "--profile", "{tmp}/profile"),
+    "extract_launch.py": ("--root", "{tmp}"),
     "loader.py": ("--root", "{tmp}"),
     "evaluate.py": (),
     "evaluate_launch.py": ("--workdir", "{tmp}"),
