@@ -10,6 +10,7 @@ That tolerance is the bar for extracted features; a feature that misses it stays
 
     python bench/encoder_precision.py --device cuda --out bench/results/encoder_precision_h100.json
     python bench/encoder_precision.py --device cpu      # CPU autocast (oneDNN bf16 GEMMs)
+    python bench/encoder_precision.py --device cpu --compile   # also compiled bf16 (inductor's C++ kernels)
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def timed(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
 
 
 def compare(name: str, run: Callable[[], torch.Tensor], device: torch.device,
-            tolerance: dict[str, float]) -> dict[str, Any]:
-    """float32 features, then bf16 autocast (and TF32 matmuls on CUDA) against them."""
+            tolerance: dict[str, float], compile_encoder: Callable[[], None] | None = None) -> dict[str, Any]:
+    """float32 features, then bf16 autocast (and TF32 matmuls on CUDA) against them; with
+    ``compile_encoder``, also bf16 autocast after compiling (the fast extraction mode)."""
     result: dict[str, Any] = {"feature": name, "fixture_tolerance": tolerance}
     with torch.inference_mode():
         reference, result["fp32_seconds"] = timed(run)
@@ -65,6 +67,11 @@ def compare(name: str, run: Callable[[], torch.Tensor], device: torch.device,
             with numerics.matmul_tf32(True):
                 tf32, result["tf32_seconds"] = timed(run)
             result["tf32"] = error_stats(tf32, reference, tolerance)
+        if compile_encoder is not None:
+            compile_encoder()
+            with numerics.autocast("bf16", device):
+                compiled, result["bf16_compiled_seconds"] = timed(run)
+            result["bf16_compiled"] = error_stats(compiled, reference, tolerance)
     result["max_abs_value"] = float(reference.abs().max())
     print(json.dumps(result), flush=True)
     return result
@@ -80,6 +87,8 @@ def full_clip_state() -> dict[str, torch.Tensor]:
 def main(argv: list[str]) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--compile", action="store_true",
+                        help="also bf16 with CLIP's image tower and Synchformer compiled (ExtractVideoFeatures.compile)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -93,7 +102,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     frames = clip_fixture["inputs"]["clip_video"].to(device)
     tolerances = clip_fixture["meta"]["tolerances"]
     results.append(compare("clip_image", lambda: clip.encode_frames(frames), device,
-                           tolerances["image_features"]))
+                           tolerances["image_features"], clip.compile_for_inference if args.compile else None))
     captions = clip_fixture["meta"]["captions"]
     results.append(compare("clip_text", lambda: clip.encode_text(captions), device,
                            tolerances["text_features"]))
@@ -105,7 +114,8 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     generator = torch.Generator().manual_seed(1007)  # the fixture's input procedure
     video = (torch.rand(1, 200, 3, 224, 224, generator=generator) * 2 - 1)[:, :24].to(device)
     results.append(compare("synchformer", lambda: synchformer(video), device,
-                           sync_fixture["meta"]["tolerances"]["features"]))
+                           sync_fixture["meta"]["tolerances"]["features"],
+                           synchformer.compile_for_inference if args.compile else None))
     del synchformer
 
     vae_fixture = torch.load(FIXTURES / "vae_44k.pt", weights_only=True)

@@ -203,15 +203,17 @@ def synchronize(device: torch.device) -> None:
 
 
 def kernel_category(name: str) -> str:
+    """Triton kernels first (inductor names them after the ops they feed, attention included),
+    attention before convolution (cuDNN's SDPA kernels are named '..._sdpa_..._fprop_...')."""
     lowered = name.lower()
-    if any(k in lowered for k in ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")):
-        return "convolution"
-    if any(k in lowered for k in ("flash", "fmha", "attention", "sdpa")):
-        return "attention"
-    if any(k in lowered for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90_")):
-        return "matmul"
     if lowered.startswith("triton"):
         return "fused elementwise (triton)"
+    if any(k in lowered for k in ("flash", "fmha", "attention", "sdpa")):
+        return "attention"
+    if any(k in lowered for k in ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")):
+        return "convolution"
+    if any(k in lowered for k in ("gemm", "nvjet", "cutlass", "xmma", "sm90_")):
+        return "matmul"
     if "nccl" in lowered:
         return "communication"
     if any(k in lowered for k in ("adam", "multi_tensor", "foreach")):

@@ -12,6 +12,7 @@ import torch
 
 from mmgin.testing.recipe import read_manifest, recipe_tensor
 from mmgin.vision.clip import _build_open_clip, build_clip, get_clip
+from mmgin.vision.clip_forms import BatchFirstSelfAttention, PatchEmbedding, use_gemm_forms
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,37 @@ def test_missing_release_file_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(weights.MissingWeightsError, match="open_clip_pytorch_model.bin"):
         get_clip()
+
+
+def test_gemm_forms_keep_the_release_keys_and_the_function():
+    """The image tower's swapped attention and patch embedding (clip_forms) keep every key and
+    parameter of the release and compute what open_clip's own modules compute."""
+    encoder = get_clip(size="tiny")
+    assert isinstance(encoder.model.visual.conv1, PatchEmbedding)
+    assert all(isinstance(b.attn, BatchFirstSelfAttention) for b in encoder.model.visual.transformer.resblocks)
+    plain = _build_open_clip("tiny")
+    plain.load_state_dict(encoder.model.state_dict(), assign=True)  # open_clip's own modules
+    assert list(plain.state_dict()) == list(encoder.model.state_dict())
+    full_keys = [entry.key for entry in read_manifest("clip_dfn5b_vit_h_14_384")]
+    with torch.device("meta"):
+        full = _build_open_clip("full")
+        use_gemm_forms(full.visual)
+    assert list(full.state_dict()) == full_keys
+    frames = torch.rand(3, 3, 378, 378, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        swapped = encoder.model.encode_image(frames)
+        original = plain.encode_image(frames)
+        torch.testing.assert_close(swapped, original, rtol=1e-5, atol=1e-6)
+        with torch.autocast("cpu", torch.bfloat16):
+            low_swapped, low_original = encoder.model.encode_image(frames), plain.encode_image(frames)
+    assert (low_swapped.float() - original).norm() / original.norm() < 3e-2  # bf16 rounding only
+    torch.testing.assert_close(low_swapped.float(), low_original.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_patch_embedding_equals_the_convolution_it_replaces():
+    conv = torch.nn.Conv2d(3, 16, kernel_size=14, stride=14, bias=False)
+    images = torch.randn(2, 3, 378, 378)
+    with torch.no_grad():
+        torch.testing.assert_close(PatchEmbedding(conv)(images), conv(images), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="non-overlapping"):
+        PatchEmbedding(torch.nn.Conv2d(3, 16, kernel_size=14, stride=7, bias=False))

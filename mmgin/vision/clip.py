@@ -22,6 +22,7 @@ from torch import nn
 
 from mmgin import weights
 from mmgin.modules import freeze, load_strict, seeded_init
+from mmgin.vision.clip_forms import use_gemm_forms
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -191,7 +192,9 @@ def build_clip(
     device: str | torch.device = "cpu",
     source: str = "state dict",
 ) -> ClipEncoder:
-    """A frozen ClipEncoder from open_clip tensors (assigned, not copied); seeded if None."""
+    """A frozen ClipEncoder from open_clip tensors (assigned, not copied); seeded if None. The
+    image tower runs its attention and patch embedding in the forms of clip_forms (same
+    parameters and keys)."""
     model = _build_open_clip(size)
     if state is not None:
         load_strict(model, state, source, assign=True)
@@ -200,6 +203,7 @@ def build_clip(
         seeded_init(model, seed=CLIP_TINY_SEED)
     # attn_mask is a non-persistent buffer, still on the meta device.
     model.attn_mask = torch.full((model.context_length,) * 2, float("-inf"), device="cpu").triu_(1)
+    use_gemm_forms(model.visual)
     encoder = ClipEncoder(model.float(), empty_string, frame_batch=frame_batch)
     return freeze(encoder.to(device))
 
