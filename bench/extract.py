@@ -115,7 +115,7 @@ def synthetic_batch(batch_size: int, device: torch.device) -> dict[str, torch.Te
 def encoders_only(program: ExtractVideoFeatures, batch: dict[str, torch.Tensor], warmup: int, timed: int) -> dict[str, Any]:
     """Videos/s of ``program.encode_batch`` alone and seconds per video of each encoder."""
     program.compile_encoders()
-    with torch.inference_mode():
+    with torch.inference_mode(), numerics.matmul_tf32(program.tf32):  # as the program's run() sets it
         for _ in range(warmup):
             program.encode_batch(batch)
         program.times.seconds.clear()
@@ -135,7 +135,7 @@ def profile_encoders(program: ExtractVideoFeatures, batch: dict[str, torch.Tenso
     encoders = {"clip": lambda: program.clip.encode_frames(clip_frames_to_float(batch["clip_frames"])),
                 "synchformer": lambda: program.synchformer(sync_frames_to_float(batch["sync_frames"]))}
     reports = {}
-    with torch.inference_mode(), numerics.autocast(program.precision, device):
+    with torch.inference_mode(), numerics.autocast(program.precision, device), numerics.matmul_tf32(program.tf32):
         for name, encode in encoders.items():
             encode()  # compiled already; this only makes sure
             report = profile_calls(encode, 2, device)
@@ -235,7 +235,7 @@ def main() -> None:
         for mode in args.encoder_modes:
             probe = ExtractVideoFeatures(output_dir=runs / "unused", video_dir=root, video_tsv=video_tsv,
                                          **encoders, precision="fp32" if mode == "fp32" else "bf16",
-                                         compile=mode == "bf16-compile")
+                                         compile=mode == "bf16-compile", tf32=False)
             results["encoders_only"][mode] = encoders_only(probe, batch, warmup=1, timed=2 if mode == "fp32" else 3)
             write(results, args.out)
         if not args.encoders_only:
