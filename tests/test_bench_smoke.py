@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPTS = {
     "train_launch.py": ("--workdir", "{tmp}"),
+    "clip_variants.py": (),
     "extract.py": ("--root", "{tmp}", "--profile", "{tmp}/profile"),
     "extract_launch.py": ("--root", "{tmp}"),
     "loader.py": ("--root", "{tmp}"),
