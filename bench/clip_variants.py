@@ -130,7 +130,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     device = torch.device("cpu" if args.smoke else "cuda")
     clip = build_clip(None if args.smoke else full_clip_state(), "tiny" if args.smoke else "full", device=device)
     generator = torch.Generator().manual_seed(0)
-    frames = torch.rand(args.videos, FRAMES_PER_VIDEO, 3, 378, 378, generator=generator).to(device)
+    frames = torch.rand(args.videos, FRAMES_PER_VIDEO, 3, 384, 384, generator=generator).to(device)  # as decoded
     record: dict[str, Any] = {"videos_per_call": args.videos, "calls": args.calls,
                               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "command": " ".join(["python3", "bench/clip_variants.py", *argv])}

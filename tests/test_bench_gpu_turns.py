@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # A process: hold the shared turn for `setup` seconds (building, compiling), then take `turns`
-# exclusive turns of `hold` seconds each, printing when each began and ended.
+# exclusive turns of 0.2 s each, printing when each began and ended.
 WORKER = """
 import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("bench_train_step", sys.argv[1])

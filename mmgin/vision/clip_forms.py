@@ -7,7 +7,8 @@ q, k and v contiguous before attention, and ~2.4 ms in cuDNN's patch-embedding c
 functions without them: attention on (B, L, D) with strided q/k/v views handed to SDPA, and
 the patch embedding as one matrix product over non-overlapping patches. They hold the original
 Parameter objects, so state-dict keys, shapes and values (and the checkpoint format) are
-unchanged; float32 results agree to ~1e-7 relative (tests/test_vision_clip.py).
+unchanged; float32 results agree to ~1e-7 relative (tests/test_vision_clip.py). Measured on the
+same GPU kind: CLIP 141 -> 132 ms per video in bf16 + compile, unchanged in eager float32.
 """
 
 from __future__ import annotations
