@@ -95,6 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a lock file shared with other bench processes on the same GPU: they build, "
                              "compile and warm up at the same time and time their steps one at a time")
     parser.add_argument("--profile", type=Path, default=None, help="folder for kernel tables")
+    parser.add_argument("--tag", default="", help="a name for this configuration in its record and profile file")
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON")
     return parser.parse_args(argv)
 
@@ -328,6 +329,7 @@ def run_batch(
         "memory_cap_gib": args.memory_cap_gib,
         "functorch_config": args.functorch_config,
         "inductor_config": args.inductor_config,
+        "tag": args.tag,
         "steps": args.steps,
         "warmup": args.warmup,
         "final_loss": float(window["loss"]),
@@ -339,7 +341,7 @@ def run_batch(
             report = profile_calls(lambda: trainer.train_step([data]), 3, device)
         checkpointing = f"_ac_{args.activation_checkpointing}" if args.activation_checkpointing else ""
         ddp = "" if not args.ddp else "_ddp" if args.bucket_cap_mb is None else f"_ddp{args.bucket_cap_mb:g}mb"
-        config = f"{variant}_b{batch}{checkpointing}{ddp}"
+        config = f"{variant}_b{batch}{checkpointing}{ddp}{'_' + args.tag if args.tag else ''}"
         write_profile(args.profile / f"profile_{config}.txt", config, report)
         result["profile"] = {k: report[k] for k in
                              ("wall_ms_per_step", "kernel_ms_per_step", "kernel_launches_per_step",
