@@ -41,7 +41,8 @@ BACKENDS = {"sdpa_math": SDPBackend.MATH, "sdpa_efficient": SDPBackend.EFFICIENT
 
 
 class FusedQuickGELU(nn.Module):
-    """x * sigmoid(1.702 x) in one compiled pointwise kernel (dynamic shapes: one compilation)."""
+    """x * sigmoid(1.702 x) in one compiled pointwise kernel (dynamic shapes: one compilation,
+    shared by every block that holds this module)."""
 
     def __init__(self, backend: str) -> None:
         super().__init__()
@@ -53,11 +54,12 @@ class FusedQuickGELU(nn.Module):
 
 @contextlib.contextmanager
 def fused_gelu(clip: ClipEncoder, backend: str) -> Iterator[None]:
-    """Swaps FusedQuickGELU into every image-tower block, and the original modules back after."""
+    """Swaps one FusedQuickGELU into every image-tower block, and the original modules back after."""
     blocks = clip.model.visual.transformer.resblocks
     originals = [block.mlp.gelu for block in blocks]
+    fused = FusedQuickGELU(backend)
     for block in blocks:
-        block.mlp.gelu = FusedQuickGELU(backend)
+        block.mlp.gelu = fused
     try:
         yield
     finally:
